@@ -1,0 +1,1 @@
+"""The edges: images in, pictures and reports out, export, demo data."""

@@ -1,0 +1,105 @@
+"""Occlusion sensitivity (Zeiler & Fergus 2014): the window grid, occluded batches, and accumulation.
+
+Windows start at 0 and step by ``stride``; when the last one does not reach the edge, one more
+is placed flush with it, so every pixel is covered and nothing wraps around.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+Pair = Union[int, Tuple[int, int]]
+
+
+def as_pair(value: Pair, name: str) -> Tuple[int, int]:
+    """An int or (h, w) pair of positive ints, validated."""
+    pair = (value, value) if np.isscalar(value) else tuple(value)  # type: ignore[arg-type]
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
+        raise InvalidInputError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) <= 0:
+        raise InvalidInputError(f"{name} must be positive, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def window_starts(size: int, window: int, stride: int) -> np.ndarray:
+    """Start offsets along one axis: 0, stride, 2*stride, ... and one flush with the edge if needed."""
+    if window > size:
+        raise InvalidInputError(
+            f"occlusion window {window} is larger than the image side {size}: choose a window <= {size}"
+        )
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return np.asarray(starts, dtype=np.int64)
+
+
+class OcclusionGrid:
+    """All window positions over an (H, W) image, row-major."""
+
+    def __init__(self, size: Tuple[int, int], window: Pair, stride: Pair):
+        self.size = (int(size[0]), int(size[1]))
+        self.window = as_pair(window, "window")
+        self.stride = as_pair(stride, "stride")
+        self.rows = window_starts(self.size[0], self.window[0], self.stride[0])
+        self.cols = window_starts(self.size[1], self.window[1], self.stride[1])
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """(number of row positions, number of column positions)."""
+        return len(self.rows), len(self.cols)
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def box(self, position: int) -> Tuple[slice, slice]:
+        """The (row, column) slices of window number ``position``."""
+        r, c = divmod(int(position), len(self.cols))
+        top, left = int(self.rows[r]), int(self.cols[c])
+        return slice(top, top + self.window[0]), slice(left, left + self.window[1])
+
+    def occlude(self, images: np.ndarray, image_index: np.ndarray, positions: np.ndarray,
+                baseline: np.ndarray) -> np.ndarray:
+        """A batch (B, C, H, W): ``images[image_index[b]]`` with window ``positions[b]`` set to baseline.
+
+        ``baseline`` broadcasts to (C, H, W).
+        """
+        batch = images[image_index].copy()
+        full = np.broadcast_to(baseline, images.shape[1:])
+        for b, position in enumerate(positions):
+            rows, cols = self.box(position)
+            batch[b, :, rows, cols] = full[:, rows, cols]
+        return batch
+
+    def _cover(self, starts: np.ndarray, window: int, size: int) -> np.ndarray:
+        cover = np.zeros((len(starts), size), dtype=np.float64)
+        for i, s in enumerate(starts):
+            cover[i, s:s + window] = 1
+        return cover
+
+    def accumulate(self, drops: np.ndarray) -> np.ndarray:
+        """Mean score drop per pixel over the windows covering it: drops (N, P) -> maps (N, H, W)."""
+        drops = np.asarray(drops, dtype=np.float64).reshape((-1,) + self.shape)
+        row_cover = self._cover(self.rows, self.window[0], self.size[0])
+        col_cover = self._cover(self.cols, self.window[1], self.size[1])
+        sums = np.matmul(np.matmul(row_cover.T, drops), col_cover)
+        counts = np.outer(row_cover.sum(axis=0), col_cover.sum(axis=0))
+        return (sums / counts).astype(np.float32)
+
+
+def as_baseline(baseline: Union[float, np.ndarray], shape: Tuple[int, int, int]) -> np.ndarray:
+    """A scalar, a per-channel (C,) vector or a (C, H, W) array, as an array that broadcasts to ``shape``."""
+    value = np.asarray(baseline, dtype=np.float32)
+    if value.ndim == 1 and value.shape[0] == shape[0]:
+        value = value.reshape(-1, 1, 1)
+    try:
+        np.broadcast_to(value, shape)
+    except ValueError:
+        raise InvalidInputError(
+            f"baseline of shape {value.shape} does not fit images of shape {shape}: give a number, "
+            f"one value per channel ({shape[0]},), or an array of shape {shape}"
+        ) from None
+    return value

@@ -1,0 +1,89 @@
+"""Turning raw maps into something to look at. Every function works per image (axis 0 is the batch).
+
+The seeds' pictures: gradients shown as all / positive / negative parts, each scaled to
+[0, 1], and again with outliers capped at the 99th percentile; grayscale as the sum of
+``|g|`` over channels.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+
+def _per_image(maps: np.ndarray) -> np.ndarray:
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim < 2:
+        raise ValueError(f"maps must be batch-first with at least 2 axes, got shape {maps.shape}")
+    return maps.reshape(maps.shape[0], -1)
+
+
+def _expand(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return values.reshape((like.shape[0],) + (1,) * (like.ndim - 1))
+
+
+def normalize_minmax(maps: np.ndarray) -> np.ndarray:
+    """Per-image min-max scaling to [0, 1]; a constant image becomes all zeros."""
+    maps = np.asarray(maps, dtype=np.float32)
+    flat = _per_image(maps)
+    low = _expand(flat.min(axis=1), maps)
+    span = _expand(flat.max(axis=1), maps) - low
+    safe = np.where(span > 0, span, 1)
+    return np.where(span > 0, (maps - low) / safe, 0).astype(np.float32)
+
+
+def clip_percentile(maps: np.ndarray, upper: float = 99.0, lower: float = 0.0) -> np.ndarray:
+    """Per-image clipping to the [lower, upper] percentiles (outliers capped, as in the seeds)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    flat = _per_image(maps)
+    hi = _expand(np.percentile(flat, upper, axis=1), maps)
+    lo = _expand(np.percentile(flat, lower, axis=1), maps)
+    return np.clip(maps, lo, hi).astype(np.float32)
+
+
+def normalize_percentile(maps: np.ndarray, upper: float = 99.0) -> np.ndarray:
+    """Per-image ``clip((m - min) / (p_upper - min), 0, 1)``: outliers above the percentile saturate."""
+    maps = np.asarray(maps, dtype=np.float32)
+    flat = _per_image(maps)
+    low = _expand(flat.min(axis=1), maps)
+    span = _expand(np.percentile(flat, upper, axis=1), maps) - low
+    safe = np.where(span > 0, span, 1)
+    return np.where(span > 0, np.clip((maps - low) / safe, 0, 1), 0).astype(np.float32)
+
+
+def split_sign(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positive, negative, absolute) parts, each per-image scaled by its own maximum to [0, 1]."""
+    maps = np.asarray(maps, dtype=np.float32)
+    parts = (np.maximum(maps, 0), np.maximum(-maps, 0), np.abs(maps))
+    return tuple(_scale_by_max(p) for p in parts)  # type: ignore[return-value]
+
+
+def _scale_by_max(part: np.ndarray) -> np.ndarray:
+    peak = _expand(_per_image(part).max(axis=1), part)
+    return np.where(peak > 0, part / np.where(peak > 0, peak, 1), 0).astype(np.float32)
+
+
+def grayscale(gradients: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) gradients -> (N, H, W): the sum of ``|g|`` over channels."""
+    gradients = np.asarray(gradients, dtype=np.float32)
+    if gradients.ndim != 4:
+        raise ValueError(f"gradients must be (N, C, H, W), got shape {gradients.shape}")
+    return np.abs(gradients).sum(axis=1)
+
+
+def clip_cumulative_mass(maps: np.ndarray, mass: float = 99.0) -> np.ndarray:
+    """Per-image: cap at the value where the sorted ``|m|`` reach ``mass`` % of their total, scale to [0, 1].
+
+    Signs are kept, so the result lies in [-1, 1]; all-zero images stay zero.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    flat = np.abs(_per_image(maps)).astype(np.float64)
+    ordered = np.sort(flat, axis=1)
+    cumulative = np.cumsum(ordered, axis=1)
+    limit = cumulative[:, -1:] * (mass / 100.0)
+    index = np.minimum((cumulative < limit).sum(axis=1), flat.shape[1] - 1)
+    threshold = ordered[np.arange(len(ordered)), index]
+    t = _expand(threshold, maps)
+    safe = np.where(t > 0, t, 1)
+    return np.where(t > 0, np.clip(maps / safe, -1, 1), 0).astype(np.float32)
