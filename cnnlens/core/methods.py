@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -17,8 +17,8 @@ from .resize import resize_bilinear
 from .targets import Target, one_hot, pick, resolve_targets
 from .types import Explanation
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..backends.base import Backend
+#: Any object implementing ``cnnlens.backends.base.Backend`` (the core never imports backends).
+Backend = Any
 
 LayerSpec = Union[None, str, Sequence[str]]
 
@@ -31,7 +31,7 @@ def _batches(total: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, total))
 
 
-def _batch_size(backend: "Backend", value: Optional[int], kind: str, x: np.ndarray) -> int:
+def _batch_size(backend: Backend, value: Optional[int], kind: str, x: np.ndarray) -> int:
     if value is None:
         return max(1, int(backend.batch_size(kind, x.shape[1:])))
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -60,7 +60,7 @@ def _check_target_length(target: Target, n: int) -> None:
         )
 
 
-def _layer_names(backend: "Backend", layer: LayerSpec, x: np.ndarray) -> Tuple[List[str], bool]:
+def _layer_names(backend: Backend, layer: LayerSpec, x: np.ndarray) -> Tuple[List[str], bool]:
     """(canonical names, whether a list was given)."""
     if layer is None:
         return [backend.default_layer(tuple(x.shape))], False
@@ -81,7 +81,7 @@ def _spatial(name: str, activation: np.ndarray, method: str) -> np.ndarray:
     return activation
 
 
-def _clean_logits(backend: "Backend", x: np.ndarray, batch: int) -> np.ndarray:
+def _clean_logits(backend: Backend, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([backend.forward(x[sl]).logits for sl in _batches(len(x), batch)])
 
 
@@ -105,21 +105,21 @@ def _input_gradient(backend, x, target, relu, batch_size):
     return np.concatenate(grads).astype(np.float32), logits, resolve_targets(target, logits)
 
 
-def saliency(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
+def saliency(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
              batch_size: Optional[int] = None) -> Explanation:
     """Vanilla gradient (Simonyan et al. 2013): ``dy_c/dx``, (N, C, H, W)."""
     maps, logits, classes = _input_gradient(backend, x, target, "plain", batch_size)
     return Explanation("saliency", maps, classes, logits)
 
 
-def guided_backprop(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
+def guided_backprop(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                     batch_size: Optional[int] = None) -> Explanation:
     """Guided backpropagation (Springenberg et al. 2014): ReLU backward ``1{s>0} 1{g>0} g``, (N, C, H, W)."""
     maps, logits, classes = _input_gradient(backend, x, target, "guided", batch_size)
     return Explanation("guided_backprop", maps, classes, logits)
 
 
-def deconvnet(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
+def deconvnet(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
               batch_size: Optional[int] = None) -> Explanation:
     """Deconvnet (Zeiler & Fergus 2014): ReLU backward ``1{g>0} g``, (N, C, H, W)."""
     maps, logits, classes = _input_gradient(backend, x, target, "deconv", batch_size)
@@ -130,7 +130,7 @@ SMOOTHGRAD_VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 _BASE_RELU = {"saliency": "plain", "guided_backprop": "guided", "deconvnet": "deconv"}
 
 
-def smoothgrad(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
+def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                samples: int = 25, noise: float = 0.15, seed: Optional[int] = 0,
                variant: str = "smoothgrad", base: str = "saliency",
                batch_size: Optional[int] = None) -> Explanation:
@@ -202,7 +202,7 @@ def _gradcam_maps(backend, x, target, layer, batch_size, method):
     return (maps if as_list else maps[:, 0]), logits, resolve_targets(target, logits), _layer_value(names, as_list)
 
 
-def gradcam(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
+def gradcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
             batch_size: Optional[int] = None) -> Explanation:
     """Grad-CAM (Selvaraju et al. 2017): ``ReLU(sum_k alpha_k A_k)``, resized bilinearly, (N, H, W).
 
@@ -212,7 +212,7 @@ def gradcam(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec,
     return Explanation("gradcam", maps, classes, logits, layer=names)
 
 
-def guided_gradcam(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
+def guided_gradcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                    batch_size: Optional[int] = None) -> Explanation:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled Grad-CAM, (N, C, H, W)
     ((N, L, C, H, W) for a list of layers)."""
@@ -221,7 +221,7 @@ def guided_gradcam(backend: "Backend", x: np.ndarray, target: Target, layer: Lay
     return Explanation("guided_gradcam", cam_ops.guided_gradcam(guided, cams), classes, logits, layer=names)
 
 
-def cam(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
+def cam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
         batch_size: Optional[int] = None) -> Explanation:
     """CAM (Zhou et al. 2016) for a model ending in GAP -> linear: ``ReLU(sum_k W[c, k] A_k)``, resized, (N, H, W)."""
     if layer is not None and not isinstance(layer, str):
@@ -238,7 +238,7 @@ def cam(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
     return Explanation("cam", maps, resolve_targets(target, logits), logits, layer=used)
 
 
-def scorecam(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
+def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
              batch_size: Optional[int] = None) -> Explanation:
     """Score-CAM (Wang et al. 2020): ``ReLU(sum_k beta_k A_k)``, ``beta = softmax_k y_c(x * M_k)``, with
     ``M_k`` the channel upsampled to the input and min-max normalised; resized, (N, H, W)."""
@@ -270,7 +270,7 @@ def scorecam(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec
 # ---------------------------------------------------------------- forward-only methods
 
 
-def occlusion(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
+def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
               window: Union[int, Tuple[int, int], None] = None, stride: Union[int, Tuple[int, int], None] = None,
               baseline: Union[float, np.ndarray] = 0.0, batch_size: Optional[int] = None) -> Explanation:
     """Occlusion (Zeiler & Fergus 2014): the mean drop of ``y_c`` over the windows covering each pixel, (N, H, W).
@@ -301,7 +301,7 @@ def occlusion(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpe
     return Explanation("occlusion", maps, classes, logits, options=options)
 
 
-def feature_maps(backend: "Backend", x: np.ndarray, target: Target, layer: LayerSpec, *,
+def feature_maps(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                  batch_size: Optional[int] = None) -> Explanation:
     """A layer's activations ``A``, (N, K, h, w) (the last spatial layer when ``layer`` is None)."""
     names, as_list = _layer_names(backend, layer, x)
@@ -389,7 +389,7 @@ def check_images(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def run(backend: "Backend", x: Any, method: str, target: Target = None, layer: LayerSpec = None,
+def run(backend: Backend, x: Any, method: str, target: Target = None, layer: LayerSpec = None,
         **options: Any) -> Explanation:
     """Validate the request, then run ``method`` on ``backend``."""
     if method not in METHODS:

@@ -44,6 +44,11 @@ class OcclusionGrid:
         self.size = (int(size[0]), int(size[1]))
         self.window = as_pair(window, "window")
         self.stride = as_pair(stride, "stride")
+        if self.stride[0] > self.window[0] or self.stride[1] > self.window[1]:
+            raise InvalidInputError(
+                f"occlusion stride {self.stride} is larger than the window {self.window}, which would leave "
+                f"pixels no window covers: use a stride <= the window"
+            )
         self.rows = window_starts(self.size[0], self.window[0], self.stride[0])
         self.cols = window_starts(self.size[1], self.window[1], self.stride[1])
 
