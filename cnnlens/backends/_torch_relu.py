@@ -5,6 +5,9 @@ One custom autograd ReLU with the backward rule of the lecture (seed 003):
 duration of one pass swaps it in for every ReLU the forward actually runs -- ``nn.ReLU``
 (in place or not), ``F.relu``, ``torch.relu``, ``Tensor.relu`` and their in-place forms --
 without touching the model. Modes are thread-local, so other threads are unaffected.
+
+The rule is read when the backward pass runs, so one forward pass can serve a plain backward
+(to a layer, for Grad-CAM) and then a guided one (to the input): Guided Grad-CAM in one forward.
 """
 
 from __future__ import annotations
@@ -13,17 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-RULES = ("guided", "deconv")
+RULES = ("plain", "guided", "deconv")
 
 
 class RuleReLU(torch.autograd.Function):
-    """``max(s, 0)`` forward; the guided or deconvnet rule backward."""
+    """``max(s, 0)`` forward; backward by the rule its mode holds when the backward runs."""
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, rule: str, inplace: bool) -> torch.Tensor:  # type: ignore[override]
-        ctx.rule = rule
-        if rule == "guided":
-            ctx.save_for_backward(s > 0)
+    def forward(ctx, s: torch.Tensor, mode: "ReluRuleMode", inplace: bool) -> torch.Tensor:  # type: ignore[override]
+        ctx.mode = mode
+        ctx.save_for_backward(s > 0)
         if inplace:
             ctx.mark_dirty(s)
             return torch.relu_(s)
@@ -31,9 +33,12 @@ class RuleReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        rule = ctx.mode.rule
+        (positive,) = ctx.saved_tensors
+        if rule == "plain":
+            return grad * positive, None, None
         passed = grad.clamp(min=0)
-        if ctx.rule == "guided":
-            (positive,) = ctx.saved_tensors
+        if rule == "guided":
             passed = passed * positive
         return passed, None, None
 
@@ -56,5 +61,5 @@ class ReluRuleMode(TorchFunctionMode):
         if func in _OUT_OF_PLACE or func in _IN_PLACE:
             s = args[0] if args else kwargs["input"]
             inplace = func in _IN_PLACE or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-            return RuleReLU.apply(s, self.rule, inplace)
+            return RuleReLU.apply(s, self, inplace)
         return func(*args, **kwargs)

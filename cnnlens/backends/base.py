@@ -46,9 +46,10 @@ class Backend(Protocol):
 
     def backward(self, x: np.ndarray, grad_logits: GradLogits, layers: Sequence[str] = (),
                  relu: str = "plain", input_grad: bool = True) -> Pass:
-        """One forward and one backward pass: logits, the input gradient (if asked) and the
+        """One forward pass and its backward: logits, the input gradient (if asked) and the
         named layers' activations and gradients. ``grad_logits`` is an (N, K) array or a
-        function of the logits that returns one."""
+        function of the logits that returns one. ``relu`` ("plain", "guided", "deconv") is
+        the ReLU rule for the input gradient; layer gradients are always the true ones."""
 
     def linear_head(self, x: np.ndarray, layer: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         """For a GAP -> linear head: (logits, the pooled activations (N, K, h, w), the linear

@@ -177,7 +177,8 @@ class TorchBackend:
         return name
 
     def _input(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).to(device=self.device, dtype=self.dtype)
+        # Always a copy: a model that writes to its input must not change the caller's images.
+        return torch.tensor(x, device=self.device, dtype=self.dtype)
 
     def _guess_input_shape(self) -> Tuple[int, ...]:
         for module in self.model.modules():
@@ -303,33 +304,47 @@ class TorchBackend:
             raise
         except RuntimeError as error:
             raise InvalidInputError(
-                f"the model cannot run on images of shape {tuple(x.shape)}: {error}"
-            ) from None
+                f"the model failed on images of shape {tuple(x.shape)}: {error}"
+            ) from error
 
     def backward(self, x: np.ndarray, grad_logits: base.GradLogits, layers: Sequence[str] = (),
                  relu: str = "plain", input_grad: bool = True) -> Pass:
-        mode = contextlib.nullcontext() if relu == "plain" else ReluRuleMode(relu)
+        """``relu`` is the rule for the input gradient; layer gradients are always the true ones.
+        Both come from one forward pass (two backward passes when the rules differ)."""
+        mode = ReluRuleMode(relu) if relu != "plain" else None
         with self._call(layers, grad=True) as capture, torch.inference_mode(False), torch.enable_grad():
             xt = self._input(x)
             if input_grad:
                 xt.requires_grad_(True)
-            with mode:
+            with mode if mode is not None else contextlib.nullcontext():
                 logits = _first_tensor(self._run(xt))
             logits_np = _numpy(logits)
             seed = grad_logits(logits_np) if callable(grad_logits) else grad_logits
             seed_t = torch.as_tensor(np.asarray(seed), device=logits.device, dtype=logits.dtype)
-            wanted = ([xt] if input_grad else []) + [capture.get(n) for n in layers]
             if not logits.requires_grad:
                 raise ModelError("the model's output does not depend on anything gradients can reach")
-            grads = torch.autograd.grad(logits, wanted, grad_outputs=seed_t, allow_unused=True)
-            grads = [torch.zeros_like(w) if g is None else g for w, g in zip(wanted, grads)]
             result = Pass(logits_np)
+            activations = [capture.get(n) for n in layers]
+            if mode is not None and activations:  # true gradients to the layers first, keeping the graph
+                mode.rule = "plain"
+                layer_grads = self._grad(logits, activations, seed_t, retain=input_grad)
+                mode.rule = relu
+                wanted = [xt] if input_grad else []
+            else:
+                layer_grads = None
+                wanted = ([xt] if input_grad else []) + activations
+            grads = self._grad(logits, wanted, seed_t, retain=False) if wanted else []
             if input_grad:
                 result.input_grad = _numpy(grads.pop(0))
-            for n, g in zip(layers, grads):
-                result.activations[n] = _numpy(capture.get(n))
+            for n, a, g in zip(layers, activations, layer_grads if layer_grads is not None else grads):
+                result.activations[n] = _numpy(a)
                 result.gradients[n] = _numpy(g)
             return result
+
+    @staticmethod
+    def _grad(logits: torch.Tensor, wanted: List[torch.Tensor], seed: torch.Tensor, retain: bool) -> List[torch.Tensor]:
+        grads = torch.autograd.grad(logits, wanted, grad_outputs=seed, allow_unused=True, retain_graph=retain)
+        return [torch.zeros_like(w) if g is None else g for w, g in zip(wanted, grads)]
 
     # ------------------------------------------------------------ CAM head
 

@@ -3,6 +3,7 @@ does the rest with the core functions. METHODS.md defines what each one computes
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
@@ -10,7 +11,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Seq
 import numpy as np
 
 from . import cam as cam_ops
-from .errors import InvalidInputError, LayerError, UnknownMethodError, UnsupportedError
+from .errors import InvalidInputError, LayerError, TargetError, UnknownMethodError, UnsupportedError
 from .noise import RunningStats, image_generators, noise_sigma
 from .occlusion import OcclusionGrid, as_baseline
 from .resize import resize_bilinear
@@ -53,8 +54,6 @@ def _check_target_length(target: Target, n: int) -> None:
     except TypeError:
         raise InvalidInputError(f"target must be None, an int, or one int per image; got {target!r}") from None
     if length != n:
-        from .errors import TargetError
-
         raise TargetError(
             f"got {length} targets for a batch of {n} images: give one int for all images or exactly one per image"
         )
@@ -185,21 +184,27 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
 # ---------------------------------------------------------------- the CAM family
 
 
-def _gradcam_maps(backend, x, target, layer, batch_size, method):
+def _gradcam_maps(backend, x, target, layer, batch_size, method, guided=False):
+    """Grad-CAM maps (N, L, H, W) or (N, H, W); with ``guided`` also the guided-backprop input
+    gradient from the same forward pass."""
     names, as_list = _layer_names(backend, layer, x)
     batch = _batch_size(backend, batch_size, "backward", x)
     maps = np.empty((len(x), len(names)) + x.shape[2:], dtype=np.float32)
+    guided_grads = np.empty(x.shape, dtype=np.float32) if guided else None
     logits = []
     for sl in _batches(len(x), batch):
         chunk = _target_slice(target, sl)
         p = backend.backward(x[sl], lambda lg, t=chunk: one_hot(resolve_targets(t, lg), lg.shape[1]),
-                             layers=names, relu="plain", input_grad=False)
+                             layers=names, relu="guided" if guided else "plain", input_grad=guided)
         for i, name in enumerate(names):
             activation = _spatial(name, p.activations[name], method)
             maps[sl, i] = resize_bilinear(cam_ops.gradcam(activation, p.gradients[name]), x.shape[2:])
+        if guided:
+            guided_grads[sl] = p.input_grad
         logits.append(p.logits)
     logits = np.concatenate(logits)
-    return (maps if as_list else maps[:, 0]), logits, resolve_targets(target, logits), _layer_value(names, as_list)
+    cams = maps if as_list else maps[:, 0]
+    return cams, guided_grads, logits, resolve_targets(target, logits), _layer_value(names, as_list)
 
 
 def gradcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
@@ -208,16 +213,16 @@ def gradcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *
 
     A list of layers is served by one forward and one backward pass: (N, L, H, W).
     """
-    maps, logits, classes, names = _gradcam_maps(backend, x, target, layer, batch_size, "gradcam")
+    maps, _, logits, classes, names = _gradcam_maps(backend, x, target, layer, batch_size, "gradcam")
     return Explanation("gradcam", maps, classes, logits, layer=names)
 
 
 def guided_gradcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                    batch_size: Optional[int] = None) -> Explanation:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled Grad-CAM, (N, C, H, W)
-    ((N, L, C, H, W) for a list of layers)."""
-    cams, logits, classes, names = _gradcam_maps(backend, x, target, layer, batch_size, "guided_gradcam")
-    guided, _, _ = _input_gradient(backend, x, classes, "guided", batch_size)
+    ((N, L, C, H, W) for a list of layers). One forward pass serves both gradients."""
+    cams, guided, logits, classes, names = _gradcam_maps(backend, x, target, layer, batch_size,
+                                                         "guided_gradcam", guided=True)
     return Explanation("guided_gradcam", cam_ops.guided_gradcam(guided, cams), classes, logits, layer=names)
 
 
@@ -393,8 +398,6 @@ def run(backend: Backend, x: Any, method: str, target: Target = None, layer: Lay
         **options: Any) -> Explanation:
     """Validate the request, then run ``method`` on ``backend``."""
     if method not in METHODS:
-        import difflib
-
         close = difflib.get_close_matches(str(method), METHODS, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownMethodError(f"unknown method {method!r}.{hint} Methods: {', '.join(METHODS)}")
