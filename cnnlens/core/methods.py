@@ -376,9 +376,9 @@ def check_images(x: Any) -> np.ndarray:
     except (TypeError, ValueError) as error:
         raise InvalidInputError(f"images must be a float array of shape (N, C, H, W): {error}") from None
     if x.ndim == 3:
-        hint = (" It looks like one image (C, H, W): add a batch axis with x[None]."
-                if x.shape[0] in (1, 3, 4) else
-                " It looks like one image (H, W, C): use x.transpose(2, 0, 1)[None].")
+        channels_last = x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4)
+        hint = (" It looks like one image (H, W, C): use x.transpose(2, 0, 1)[None]." if channels_last else
+                " It looks like one image (C, H, W): add a batch axis with x[None].")
         raise InvalidInputError(f"images must have 4 axes (N, C, H, W), got shape {x.shape}.{hint}")
     if x.ndim != 4:
         raise InvalidInputError(f"images must have 4 axes (N, C, H, W), got shape {x.shape}")
