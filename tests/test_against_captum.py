@@ -19,6 +19,7 @@ captum_attr = pytest.importorskip("captum.attr")
 from torch import nn  # noqa: E402
 
 import cnnlens  # noqa: E402
+from helpers import assert_close, images, randomise_batchnorm, rel_err  # noqa: E402
 
 from captum.attr import (  # noqa: E402
     Deconvolution,
@@ -34,38 +35,6 @@ RTOL = 1e-4
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    """max|a - b| / max|b|; b must not be all zero (that would make any comparison vacuous)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = np.abs(b).max()
-    assert scale > 0, "reference is identically zero: the comparison would prove nothing"
-    return float(np.abs(a - b).max() / scale)
-
-
-def assert_close(a, b, tol: float = RTOL) -> None:
-    err = rel_err(a, b)
-    assert err <= tol, f"relative error {err:.3g} > {tol:g}"
-
-
-def randomise_batchnorm(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                k = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(k, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(k, generator=g))
-                m.weight.copy_(0.5 + torch.rand(k, generator=g))
-                m.bias.copy_(0.1 * torch.randn(k, generator=g))
-    return model
-
-
-def images(n: int, c: int, h: int, w: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(np.float32)
 
 
 def captum_target(target, logits: np.ndarray):

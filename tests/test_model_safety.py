@@ -23,6 +23,7 @@ import torch.nn.modules.module as torch_module
 from torch import nn
 
 import cnnlens
+from helpers import randomise_batchnorm
 
 NUM_CLASSES = 10
 
@@ -49,22 +50,10 @@ class SmallCNN(nn.Module):
         return self.fc(self.pool(h).flatten(1))
 
 
-def _randomize_bn(model, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.num_batches_tracked.fill_(7)
-
-
 def small_cnn(seed=0):
     torch.manual_seed(seed)
     model = SmallCNN()
-    _randomize_bn(model)
+    randomise_batchnorm(model, mean_scale=0.2)
     return model
 
 
@@ -72,7 +61,7 @@ def resnet18(seed=0):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(seed)
     model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
-    _randomize_bn(model)
+    randomise_batchnorm(model, mean_scale=0.2)
     return model
 
 
@@ -329,7 +318,7 @@ class Fragile(nn.Module):
 def fragile(state="mixed"):
     torch.manual_seed(0)
     model = Fragile()
-    _randomize_bn(model)
+    randomise_batchnorm(model, mean_scale=0.2)
     return prepare(model, state)
 
 

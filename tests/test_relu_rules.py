@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnlens
+from helpers import randomise_batchnorm
 
 NUM_CLASSES = 10
 
@@ -210,18 +211,6 @@ class ResidualNet(_Net):
         return self.fc(h.mean(dim=(2, 3)))
 
 
-def _randomize_bn(model):
-    """Non-trivial running statistics and affine parameters, so eval-mode BN is not the identity."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-
-
 MODELS = {
     "a_F_relu": FunctionalRelu,
     "b_torch_relu": TorchRelu,
@@ -236,7 +225,7 @@ MODELS = {
 def make(name, seed=0):
     torch.manual_seed(seed)
     model = MODELS[name]()
-    _randomize_bn(model)
+    randomise_batchnorm(model)
     return model.eval()
 
 
@@ -333,7 +322,7 @@ def test_torchvision_resnet18(method):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
-    _randomize_bn(model)
+    randomise_batchnorm(model)
     model.eval()
     x = images(n=1, size=32, seed=3)
     exp = cnnlens.explain(model, x, method, target=7)

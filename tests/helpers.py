@@ -1,0 +1,43 @@
+"""Helpers shared by the test files: seeded images, BatchNorm statistics worth testing, relative error."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def images(n: int, c: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Seeded standard-normal float32 images (n, c, h, w)."""
+    return np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(np.float32)
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 1, mean_scale: float = 0.1) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so eval-mode BN is not the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                k = m.num_features
+                m.running_mean.copy_(mean_scale * torch.randn(k, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(k, generator=g))
+                m.weight.copy_(0.5 + torch.rand(k, generator=g))
+                m.bias.copy_(0.1 * torch.randn(k, generator=g))
+                m.num_batches_tracked.fill_(7)
+    return model
+
+
+def rel_err(a, b, scale=None) -> float:
+    """max|a - b| / max|b| (or / scale); the reference must not be all zero (that would prove nothing)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = np.abs(b).max() if scale is None else float(scale)
+    assert scale > 0, "reference is identically zero: the comparison would prove nothing"
+    return float(np.abs(a - b).max() / scale)
+
+
+def assert_close(a, b, tol: float = 1e-4) -> None:
+    """Relative error (see rel_err) at most ``tol``."""
+    err = rel_err(a, b)
+    assert err <= tol, f"relative error {err:.3g} > {tol:g}"
