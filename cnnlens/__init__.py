@@ -1,11 +1,12 @@
 """cnnlens: see what convolutional image classifiers look at.
 
-Public API (see DESIGN.md): ``load``, ``layers``, ``explain``, ``filters``, ``Explanation``,
-``Layer``, ``METHODS`` and the errors. ``import cnnlens`` needs only NumPy: a backend's
+Public API (see DESIGN.md): ``load``, ``layers``, ``explain``, ``filters``, ``compare``,
+``Explanation``, ``Layer``, ``METHODS`` and the errors. ``import cnnlens`` needs only NumPy: a backend's
 framework is imported when a model of its kind is first seen.
 """
 
 from .api import explain, filters, layers, load
+from .compare import Comparison, ImageAgreement, compare
 from .core.errors import (
     CnnlensError,
     InvalidInputError,
@@ -21,7 +22,8 @@ from .core.types import Explanation, Layer
 __version__ = "0.1.0"
 
 __all__ = [
-    "load", "layers", "explain", "filters", "Explanation", "Layer", "METHODS",
+    "load", "layers", "explain", "filters", "compare", "Comparison", "ImageAgreement",
+    "Explanation", "Layer", "METHODS",
     "CnnlensError", "InvalidInputError", "LayerError", "ModelError", "TargetError",
     "UnknownMethodError", "UnsupportedError", "__version__",
 ]

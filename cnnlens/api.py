@@ -18,8 +18,11 @@ from .core.types import Explanation, Layer
 def load(source: Any, device: Optional[str] = None) -> Backend:
     """A model ready to explain.
 
-    ``source``: an ``nn.Module`` (``device`` moves it there; by default its own device is used).
-    Returns the backend driving it; every cnnlens function accepts it in place of the model.
+    ``source``: an ``nn.Module`` or ScriptModule (``device`` moves it there; by default its own
+    device is used), an ``onnx.ModelProto`` or its serialized bytes, or a path to an ``.onnx``
+    file or a TorchScript file (``torch.jit.save``; pickled models are never unpickled). For
+    ONNX, ``device`` is "cpu", "cuda" or "cuda:N"; by default CUDA when onnxruntime-gpu and a
+    GPU are there. Returns the backend driving the model; every cnnlens function accepts it.
     """
     return backend_for(source, device=device)
 

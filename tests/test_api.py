@@ -125,7 +125,8 @@ X = np.random.default_rng(0).standard_normal((2, 2, 10, 10)).astype(np.float32)
     (lambda m: cnnlens.explain(m, X[:, :1], "saliency"), cnnlens.InvalidInputError, "failed on images of shape"),
     (lambda m: cnnlens.explain(nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(192, 2)), X, "cam"),
      cnnlens.ModelError, "global average pooling"),
-    (lambda m: cnnlens.explain("model.onnx", X, "saliency"), cnnlens.ModelError, "cnnlens.load"),
+    (lambda m: cnnlens.explain("missing.onnx", X, "saliency"), cnnlens.ModelError, "no such model file"),
+    (lambda m: cnnlens.explain(object(), X, "saliency"), cnnlens.ModelError, "cnnlens.load"),
 ])
 def test_errors_say_what_to_do(call, error, message):
     with pytest.raises(error, match=message):

@@ -26,6 +26,9 @@ _CAPABILITIES = frozenset({
     base.FORWARD, base.ACTIVATIONS, base.INPUT_GRADIENTS, base.LAYER_GRADIENTS,
     base.RELU_RULES, base.WEIGHTS, base.LINEAR_HEAD,
 })
+#: What TorchScript allows: no hooks on compiled modules, and compiled code calls its ReLUs
+#: without going through Python, so no activations, layer gradients or ReLU rules.
+_SCRIPT_CAPABILITIES = frozenset({base.FORWARD, base.INPUT_GRADIENTS, base.WEIGHTS})
 
 
 # ---------------------------------------------------------------- model state
@@ -142,13 +145,13 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 class TorchBackend:
     """An ``nn.Module`` behind the Backend protocol (see ``backends/base.py``)."""
 
-    name = "torch"
-    capabilities = _CAPABILITIES
-
     def __init__(self, model: nn.Module, device: Optional[str] = None):
         if not isinstance(model, nn.Module):
             raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        self.scripted = isinstance(model, torch.jit.ScriptModule)
+        self.name = "torchscript" if self.scripted else "torch"
+        self.capabilities = _SCRIPT_CAPABILITIES if self.scripted else _CAPABILITIES
         if device is not None:
             try:
                 model.to(torch.device(device))
@@ -240,7 +243,10 @@ class TorchBackend:
         return layers, completion
 
     def layers(self, input_shape: Optional[Tuple[int, ...]] = None) -> List[Layer]:
-        """Modules in the order the forward pass calls them, with output shapes (batch as None)."""
+        """Modules in the order the forward pass calls them, with output shapes (batch as None).
+        For TorchScript (no hooks): the submodules in definition order, without shapes."""
+        if self.scripted:
+            return [Layer(n, getattr(m, "original_name", type(m).__name__), None) for n, m in self._modules().items()]
         if input_shape is None:
             shape = self._guess_input_shape()
         else:
@@ -249,6 +255,8 @@ class TorchBackend:
         return list(self._trace(shape)[0])
 
     def default_layer(self, input_shape: Tuple[int, ...]) -> str:
+        if self.scripted:
+            raise LayerError("TorchScript modules cannot report layer outputs (no hooks): name no layer")
         layers, completion = self._trace(tuple(input_shape))
         spatial = {layer.name for layer in layers if layer.spatial}
         for name in reversed(completion):

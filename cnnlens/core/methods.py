@@ -149,6 +149,8 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
         raise InvalidInputError(f"variant must be one of {', '.join(SMOOTHGRAD_VARIANTS)}; got {variant!r}")
     if base not in _BASE_RELU:
         raise InvalidInputError(f"base must be one of {', '.join(_BASE_RELU)}; got {base!r}")
+    if base != "saliency" and "relu_rules" not in backend.capabilities:
+        raise UnsupportedError(f"smoothgrad with base={base!r} needs ReLU rules, which the {backend.name} backend lacks: use base='saliency'")
     batch = _batch_size(backend, batch_size, "backward", x)
     logits = _clean_logits(backend, x, batch)
     classes = resolve_targets(target, logits)

@@ -1,0 +1,110 @@
+"""Export a torch module to ONNX (with a dynamic batch dimension) or to TorchScript.
+
+Both keep the model's structure by default (no BatchNorm folded into convolutions), so that
+layers and filters correspond one to one and ``cnnlens.compare`` can name a layer once for
+both models. Files are written atomically: a failed export leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary path beside ``path``, renamed onto it when the block succeeds, removed otherwise."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".cnnlens-", suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _example(model, input_shape: Sequence[int]):
+    import torch
+
+    shape = tuple(int(v) for v in input_shape)
+    shape = (1,) + shape if len(shape) == 3 else shape
+    params = list(model.parameters()) or list(model.buffers())
+    device = params[0].device if params else torch.device("cpu")
+    dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+    return torch.zeros(shape, device=device, dtype=dtype)
+
+
+def to_onnx(model, path: str, input_shape: Sequence[int] = (3, 224, 224), *, opset: Optional[int] = None,
+            exporter: str = "dynamo", optimize: bool = False, input_name: str = "input",
+            output_name: str = "logits") -> str:
+    """Export ``model`` (an ``nn.Module``) to an ONNX file with a dynamic batch dimension.
+
+    ``exporter``: "dynamo" (``torch.onnx.export(dynamo=True)``, module paths kept in node
+    metadata) or "legacy" (the TorchScript-based exporter, module paths kept in node names).
+    ``optimize=False`` keeps BatchNorm separate from the convolutions. The model is exported
+    in eval mode and left in the mode it was in. Returns ``path``.
+    """
+    import torch
+
+    example = _example(model, input_shape)
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with atomic_path(path) as temporary, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                batch = torch.export.Dim("batch", min=1)
+                program = torch.onnx.export(
+                    model, (example,), dynamo=True, opset_version=opset, optimize=optimize,
+                    input_names=[input_name], output_names=[output_name],
+                    dynamic_shapes=({0: batch},), verbose=False,
+                )
+                program.save(temporary, external_data=False)
+            elif exporter == "legacy":
+                torch.onnx.export(
+                    model, (example,), temporary, dynamo=False, opset_version=opset or 17,
+                    input_names=[input_name], output_names=[output_name],
+                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                    do_constant_folding=optimize,
+                )
+            else:
+                raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
+    finally:
+        for module, flag in flags:
+            module.training = flag
+    return path
+
+
+def to_torchscript(model, path: str, input_shape: Optional[Sequence[int]] = (3, 224, 224), *,
+                   method: str = "trace") -> str:
+    """Save ``model`` as TorchScript (``torch.jit.trace`` on a zero input, or ``torch.jit.script``).
+
+    The model is converted in eval mode and left in the mode it was in. Returns ``path``.
+    """
+    import torch
+
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            if method == "trace":
+                scripted = torch.jit.trace(model, _example(model, input_shape), check_trace=False)
+            elif method == "script":
+                scripted = torch.jit.script(model)
+            else:
+                raise ValueError(f"method must be 'trace' or 'script', got {method!r}")
+        with atomic_path(path) as temporary:
+            torch.jit.save(scripted, temporary)
+    finally:
+        for module, flag in flags:
+            module.training = flag
+    return path

@@ -1,0 +1,237 @@
+"""Reading an ONNX graph: topological order, producers, constants, shapes and module scopes.
+
+Pure inspection of the ``ModelProto`` (``onnx`` only, no runtime): the ONNX backend uses it to
+list layers, find weights (initializers, or tensors made by Constant / ConstantOfShape /
+Identity nodes), find a GAP -> Gemm/MatMul head, and map torch module paths to nodes (the
+legacy exporter keeps them in node names, ``/layer4/layer4.1/relu_1/Relu``; the dynamo
+exporter in the ``pkg.torch.onnx.name_scopes`` metadata).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+_SUFFIX = re.compile(r"_\d+$")
+_METADATA_OPS = {"Shape", "Size"}
+
+
+def node_name(node: onnx.NodeProto) -> str:
+    """A node's name, or its first output's name when the exporter left it empty."""
+    return node.name or (node.output[0] if node.output else "")
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """A node attribute's Python value."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+class Graph:
+    """Index of one ONNX graph."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        graph = model.graph
+        self.initializers: Dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in self.initializers]
+        if not inputs:
+            raise ValueError("the graph has no input that is not an initializer")
+        self.input = inputs[0]
+        self.output_names = [o.name for o in graph.output]
+        self.nodes: List[onnx.NodeProto] = self._topological(list(graph.node))
+        self.producer: Dict[str, onnx.NodeProto] = {}
+        for node in self.nodes:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+        self.by_name: Dict[str, onnx.NodeProto] = {node_name(n): n for n in self.nodes}
+        self.dynamic = self._depends_on_input(data_only=False)
+        self.data = self._depends_on_input(data_only=True)
+        self._scopes = {node_name(n): self._node_scopes(n) for n in self.nodes}
+
+    # ------------------------------------------------------------ order and reachability
+
+    def _topological(self, nodes: List[onnx.NodeProto]) -> List[onnx.NodeProto]:
+        """Kahn's order, stable with respect to the file's order (most files are sorted already)."""
+        available: Set[str] = set(self.initializers) | {i.name for i in self.model.graph.input} | {""}
+        pending = list(nodes)
+        ordered: List[onnx.NodeProto] = []
+        while pending:
+            rest = []
+            for node in pending:
+                if all(i in available for i in node.input if i):
+                    ordered.append(node)
+                    available.update(node.output)
+                else:
+                    rest.append(node)
+            if len(rest) == len(pending):  # a cycle or a dangling input: keep the file's order
+                ordered.extend(rest)
+                break
+            pending = rest
+        return ordered
+
+    def _depends_on_input(self, data_only: bool) -> Set[str]:
+        """Names of nodes whose outputs depend on the model input (the rest are constants).
+
+        With ``data_only``, dependence through an input's shape or type alone does not count
+        (Shape, Size, the second input of CastLike): what is left computes on pixel values.
+        """
+        live = {self.input.name}
+        names = set()
+        for node in self.nodes:
+            if data_only and node.op_type in _METADATA_OPS:
+                continue
+            inputs = node.input[:1] if data_only and node.op_type == "CastLike" else node.input
+            if any(i in live for i in inputs):
+                live.update(node.output)
+                names.add(node_name(node))
+        return names
+
+    def data_nodes(self) -> List[onnx.NodeProto]:
+        """Nodes that compute on pixel values, in topological order (weights' and shapes' plumbing left out)."""
+        return [n for n in self.nodes if node_name(n) in self.data]
+
+    # ------------------------------------------------------------ constants
+
+    def constant(self, tensor: str) -> Optional[np.ndarray]:
+        """The value of a tensor that does not depend on the input, when it can be read directly."""
+        if tensor in self.initializers:
+            return numpy_helper.to_array(self.initializers[tensor])
+        node = self.producer.get(tensor)
+        if node is None:
+            return None
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+                if attr.name in ("value_float", "value_int"):
+                    return np.asarray(onnx.helper.get_attribute_value(attr))
+                if attr.name in ("value_floats", "value_ints"):
+                    return np.asarray(list(onnx.helper.get_attribute_value(attr)))
+            return None
+        if node.op_type == "Identity":
+            return self.constant(node.input[0])
+        if node.op_type == "ConstantOfShape":
+            shape = self.constant(node.input[0])
+            if shape is None:
+                return None
+            value = attribute(node, "value")
+            fill = numpy_helper.to_array(value) if value is not None else np.zeros(1, dtype=np.float32)
+            return np.full(tuple(int(v) for v in shape), fill.reshape(-1)[0], dtype=fill.dtype)
+        if node_name(node) in self.dynamic:
+            return None
+        return self._fold(tensor)
+
+    def _fold(self, tensor: str) -> Optional[np.ndarray]:
+        """Evaluate a constant subgraph (Reshape, Cast, Concat... of constants) with onnx's reference runtime."""
+        needed: List[onnx.NodeProto] = []
+        seen: Set[str] = set()
+        stack = [tensor]
+        while stack:
+            name = stack.pop()
+            node = self.producer.get(name)
+            if node is None or node_name(node) in seen:
+                continue
+            seen.add(node_name(node))
+            needed.append(node)
+            stack.extend(i for i in node.input if i)
+        used = {i for n in needed for i in n.input}
+        graph = onnx.helper.make_graph(
+            [n for n in self.nodes if node_name(n) in seen], "fold", [],
+            [onnx.helper.make_empty_tensor_value_info(tensor)],
+            [t for name, t in self.initializers.items() if name in used],
+        )
+        try:
+            from onnx.reference import ReferenceEvaluator
+
+            folded = onnx.helper.make_model(graph, opset_imports=self.model.opset_import)
+            return np.asarray(ReferenceEvaluator(folded).run(None, {})[0])
+        except Exception:  # an op the reference runtime lacks: the caller falls back to onnxruntime
+            return None
+
+    # ------------------------------------------------------------ module scopes
+
+    def _node_scopes(self, node: onnx.NodeProto) -> List[str]:
+        """Torch module paths this node belongs to, outermost first."""
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes":
+                try:
+                    scopes = ast.literal_eval(prop.value)
+                except (ValueError, SyntaxError):
+                    break
+                return [s for s in scopes[:-1] if s]  # the last entry is the fx node, not a module
+        name = node.name
+        if not name.startswith("/"):
+            return []
+        parts = [p for p in name.split("/")[1:-1] if p]  # drop the op name at the end
+        paths: List[str] = []
+        current = ""
+        for part in parts:
+            current = part if not current or part.startswith(current + ".") else f"{current}.{part}"
+            paths.append(current)
+            stripped = _SUFFIX.sub("", current)  # a reused module's later calls: relu_1
+            if stripped != current:
+                paths.append(stripped)
+        return paths
+
+    def module_paths(self) -> List[str]:
+        """Every torch module path that some node belongs to."""
+        seen: Dict[str, None] = {}
+        for scopes in self._scopes.values():
+            for s in scopes:
+                seen.setdefault(s, None)
+        return list(seen)
+
+    def node_for_module(self, path: str) -> Optional[onnx.NodeProto]:
+        """The last node (topologically) inside a torch module's scope: the module's output."""
+        found = None
+        for node in self.nodes:
+            if node_name(node) in self.data and path in self._scopes[node_name(node)]:
+                found = node
+        return found
+
+    def module_for_node(self, node: onnx.NodeProto) -> Optional[str]:
+        """The innermost torch module path of a node, when the exporter recorded it."""
+        scopes = self._scopes.get(node_name(node)) or []
+        plain = [s for s in scopes if not _SUFFIX.search(s.rsplit(".", 1)[-1])] or scopes
+        return plain[-1] if plain else None
+
+
+def shape_of(value_info: onnx.ValueInfoProto) -> Optional[Tuple[Optional[int], ...]]:
+    """A value's shape with unknown or symbolic dimensions as None."""
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+
+
+def inferred_shapes(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = None) -> Dict[str, Tuple[Optional[int], ...]]:
+    """Shapes of every tensor by ONNX shape inference, with the input set to ``input_shape`` if given."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if input_shape is not None:
+        initializers = {t.name for t in probe.graph.initializer}
+        first = next(i for i in probe.graph.input if i.name not in initializers)
+        dims = first.type.tensor_type.shape.dim
+        for dim, value in zip(dims, input_shape):
+            dim.Clear()
+            dim.dim_value = int(value)
+    del probe.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    except Exception:  # shape inference is best effort: custom ops and odd graphs stop it
+        inferred = probe
+    shapes = {}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        shape = shape_of(info)
+        if shape is not None:
+            shapes[info.name] = shape
+    return shapes

@@ -1,0 +1,50 @@
+"""Agreement and quality measures on maps (NumPy only)."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+
+def rankdata(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of a flat array, ties given their average rank (as scipy.stats.rankdata)."""
+    values = np.asarray(values).reshape(-1)
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    average = (starts + ends + 1) / 2.0  # mean of the 1-based ranks start+1 .. end
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat(average, ends - starts)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps of equal size.
+
+    Two constant maps count as perfectly correlated (1.0) when equal and uncorrelated (0.0)
+    otherwise; one constant map against a varying one gives 0.0.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"maps must have the same size, got {a.size} and {b.size}")
+    flat_a, flat_b = np.ptp(a) == 0, np.ptp(b) == 0
+    if flat_a or flat_b:
+        return 1.0 if flat_a and flat_b and np.array_equal(a, b) else 0.0
+    ra, rb = rankdata(a), rankdata(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    return float((ra @ rb) / np.sqrt((ra @ ra) * (rb @ rb)))
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
+    """How far map ``b`` is from reference map ``a``: max absolute difference, relative error
+    (max |a - b| / max |a|; 0 when both are zero) and Spearman rank correlation."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    diff = float(np.abs(a - b).max()) if a.size else 0.0
+    scale = float(np.abs(a).max()) if a.size else 0.0
+    relative = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+    return {"max_abs_diff": diff, "relative_error": relative, "rank_correlation": spearman(a, b)}
