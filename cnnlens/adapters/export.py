@@ -8,13 +8,10 @@ both models. Files are written atomically: a failed export leaves no partial fil
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import tempfile
 import warnings
 from typing import Iterator, Optional, Sequence
-
-import numpy as np
 
 
 @contextlib.contextmanager
@@ -55,32 +52,27 @@ def to_onnx(model, path: str, input_shape: Sequence[int] = (3, 224, 224), *, ops
     """
     import torch
 
+    from ..backends.torch import evaluating
+
+    if exporter not in ("dynamo", "legacy"):
+        raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
     example = _example(model, input_shape)
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with atomic_path(path) as temporary, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if exporter == "dynamo":
-                batch = torch.export.Dim("batch", min=1)
-                program = torch.onnx.export(
-                    model, (example,), dynamo=True, opset_version=opset, optimize=optimize,
-                    input_names=[input_name], output_names=[output_name],
-                    dynamic_shapes=({0: batch},), verbose=False,
-                )
-                program.save(temporary, external_data=False)
-            elif exporter == "legacy":
-                torch.onnx.export(
-                    model, (example,), temporary, dynamo=False, opset_version=opset or 17,
-                    input_names=[input_name], output_names=[output_name],
-                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-                    do_constant_folding=optimize,
-                )
-            else:
-                raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
-    finally:
-        for module, flag in flags:
-            module.training = flag
+    with evaluating(model), atomic_path(path) as temporary, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' progress notes and deprecation chatter
+        if exporter == "dynamo":
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=opset, optimize=optimize,
+                input_names=[input_name], output_names=[output_name],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
+            )
+            program.save(temporary, external_data=False)
+        else:
+            torch.onnx.export(
+                model, (example,), temporary, dynamo=False, opset_version=opset or 17,
+                input_names=[input_name], output_names=[output_name],
+                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                do_constant_folding=optimize,
+            )
     return path
 
 
@@ -92,19 +84,16 @@ def to_torchscript(model, path: str, input_shape: Optional[Sequence[int]] = (3, 
     """
     import torch
 
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            if method == "trace":
-                scripted = torch.jit.trace(model, _example(model, input_shape), check_trace=False)
-            elif method == "script":
-                scripted = torch.jit.script(model)
-            else:
-                raise ValueError(f"method must be 'trace' or 'script', got {method!r}")
+    from ..backends.torch import evaluating
+
+    with evaluating(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.10 marks TorchScript deprecated
+        if method == "trace":
+            scripted = torch.jit.trace(model, _example(model, input_shape), check_trace=False)
+        elif method == "script":
+            scripted = torch.jit.script(model)
+        else:
+            raise ValueError(f"method must be 'trace' or 'script', got {method!r}")
         with atomic_path(path) as temporary:
             torch.jit.save(scripted, temporary)
-    finally:
-        for module, flag in flags:
-            module.training = flag
     return path

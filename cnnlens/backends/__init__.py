@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 import zipfile
 from typing import Any, Optional
 
@@ -82,7 +83,9 @@ def _torchscript(path: str, device: Optional[str]) -> Backend:
     from .torch import TorchBackend
 
     try:
-        module = torch.jit.load(path, map_location=device or "cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.10 marks TorchScript deprecated
+            module = torch.jit.load(path, map_location=device or "cpu")
     except Exception as error:
         raise ModelError(
             f"{path} is not a TorchScript file torch.jit.load can read ({type(error).__name__}: "

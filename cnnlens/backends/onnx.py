@@ -249,7 +249,7 @@ class OnnxBackend:
         """A clear error when images do not fit the model's fixed input dimensions."""
         expected = self.input_shape
         if len(expected) != x.ndim:
-            raise ModelError(f"the model takes inputs of rank {len(expected)} {expected}, got images of shape {x.shape}")
+            raise InvalidInputError(f"the model takes inputs of rank {len(expected)} {expected}, got images of shape {x.shape}")
         for axis, (want, got) in enumerate(zip(expected[1:], x.shape[1:]), start=1):
             if isinstance(want, int) and want > 0 and want != got:
                 raise InvalidInputError(

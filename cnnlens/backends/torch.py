@@ -64,6 +64,11 @@ class _EvalState:
                     cls._active[key] = (count - 1, saved)
 
 
+def evaluating(model: nn.Module):
+    """Context manager: ``model`` in eval mode inside, every module's own flag restored after."""
+    return _EvalState.evaluating(model)
+
+
 def _first_tensor(output: Any) -> torch.Tensor:
     """The model's scores: the output itself, or the first tensor of a tuple, list or dict."""
     if isinstance(output, torch.Tensor):
