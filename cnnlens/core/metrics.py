@@ -48,3 +48,34 @@ def agreement(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
     scale = float(np.abs(a).max()) if a.size else 0.0
     relative = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
     return {"max_abs_diff": diff, "relative_error": relative, "rank_correlation": spearman(a, b)}
+
+
+def pointing_hits(maps: np.ndarray, boxes: np.ndarray, tolerance: float = 15 / 224) -> np.ndarray:
+    """Pointing game (Zhang et al. 2018), one bool per image: does the map's arg-max lie inside
+    the object's box grown by ``tolerance`` (a fraction of the image side; the paper's 15 px
+    at 224 px)?
+
+    ``maps`` (N, H, W) (a channel axis (N, C, H, W) is summed as |g|); ``boxes`` (N, 4) as
+    (top, left, bottom, right) in pixels, bottom/right exclusive. Ties: the first maximum in
+    row-major order.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim == 4:
+        maps = np.abs(maps).sum(axis=1)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (N, H, W) or (N, C, H, W), got shape {maps.shape}")
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) != len(maps):
+        raise ValueError(f"{len(boxes)} boxes for {len(maps)} maps")
+    n, h, w = maps.shape
+    peak = maps.reshape(n, -1).argmax(axis=1)
+    rows, cols = np.divmod(peak, w)
+    grow_r, grow_c = tolerance * h, tolerance * w
+    top, left, bottom, right = boxes.T
+    return ((rows >= top - grow_r) & (rows < bottom + grow_r) &
+            (cols >= left - grow_c) & (cols < right + grow_c))
+
+
+def pointing_game(maps: np.ndarray, boxes: np.ndarray, tolerance: float = 15 / 224) -> float:
+    """The fraction of images whose map points inside the (grown) box: see :func:`pointing_hits`."""
+    return float(pointing_hits(maps, boxes, tolerance).mean())
