@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Seq
 import numpy as np
 
 from . import cam as cam_ops
+from . import progress
 from .errors import InvalidInputError, LayerError, TargetError, UnknownMethodError, UnsupportedError
 from .noise import RunningStats, image_generators, noise_sigma
 from .occlusion import OcclusionGrid, as_baseline
@@ -158,21 +159,23 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
     generators = image_generators(seed, len(x))
     stats = RunningStats(x.shape)
     items = np.repeat(np.arange(len(x)), samples)  # image-major: image n's samples are consecutive
-    for sl in _batches(len(items), batch):
-        images = items[sl]
-        owners, counts = np.unique(images, return_counts=True)
-        noisy = x[images].copy()
-        offset = 0
-        for n, k in zip(owners, counts):
-            eps = generators[n].standard_normal((k,) + x.shape[1:], dtype=np.float32) * np.float32(sigma[n])
-            noisy[offset:offset + k] += eps
-            offset += k
-        p = backend.backward(noisy, one_hot(classes[images], logits.shape[1]), relu=_BASE_RELU[base],
-                             input_grad=True)
-        offset = 0
-        for n, k in zip(owners, counts):
-            stats.update(n, p.input_grad[offset:offset + k])
-            offset += k
+    with progress.task("smoothgrad", len(items)) as advance:
+        for sl in _batches(len(items), batch):
+            images = items[sl]
+            owners, counts = np.unique(images, return_counts=True)
+            noisy = x[images].copy()
+            offset = 0
+            for n, k in zip(owners, counts):
+                eps = generators[n].standard_normal((k,) + x.shape[1:], dtype=np.float32) * np.float32(sigma[n])
+                noisy[offset:offset + k] += eps
+                offset += k
+            p = backend.backward(noisy, one_hot(classes[images], logits.shape[1]), relu=_BASE_RELU[base],
+                                 input_grad=True)
+            offset = 0
+            for n, k in zip(owners, counts):
+                stats.update(n, p.input_grad[offset:offset + k])
+                offset += k
+            advance(sl.stop - sl.start)
     if variant == "smoothgrad":
         maps = stats.mean
     elif variant == "smoothgrad_sq":
@@ -248,30 +251,35 @@ def cam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
 def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
              batch_size: Optional[int] = None) -> Explanation:
     """Score-CAM (Wang et al. 2020): ``ReLU(sum_k beta_k A_k)``, ``beta = softmax_k y_c(x * M_k)``, with
-    ``M_k`` the channel upsampled to the input and min-max normalised; resized, (N, H, W)."""
+    ``M_k`` the channel upsampled to the input and min-max normalised; resized, (N, H, W).
+
+    The N * K masked images go through the model ``batch_size`` at a time, across images.
+    """
     names, as_list = _layer_names(backend, layer, x)
     if as_list and len(names) != 1:
         raise LayerError("scorecam takes one layer at a time")
     name = names[0]
     batch = _batch_size(backend, batch_size, "forward", x)
-    maps = np.empty((len(x),) + x.shape[2:], dtype=np.float32)
-    logits = []
+    parts, logit_parts = [], []
     for sl in _batches(len(x), batch):
         p = backend.forward(x[sl], layers=[name])
-        activations = _spatial(name, p.activations[name], "scorecam")
-        classes = resolve_targets(_target_slice(target, sl), p.logits)
-        for j, n in enumerate(range(sl.start, sl.stop)):
-            masks = cam_ops.normalize_masks(resize_bilinear(activations[j], x.shape[2:]))  # (K, H, W)
-            scores = np.concatenate([
-                pick(backend.forward(x[n][None] * masks[m][:, None]).logits,
-                     np.full(m.stop - m.start, classes[j]))
-                for m in _batches(len(masks), batch)
-            ])
-            beta = cam_ops.softmax(scores)
-            maps[n] = resize_bilinear(cam_ops.weighted_sum(activations[j:j + 1], beta[None]), x.shape[2:])[0]
-        logits.append(p.logits)
-    logits = np.concatenate(logits)
-    return Explanation("scorecam", maps, resolve_targets(target, logits), logits, layer=name)
+        parts.append(_spatial(name, p.activations[name], "scorecam"))
+        logit_parts.append(p.logits)
+    activations, logits = np.concatenate(parts), np.concatenate(logit_parts)
+    classes = resolve_targets(target, logits)
+    k = activations.shape[1]
+    owners = np.repeat(np.arange(len(x)), k)
+    channels = np.tile(np.arange(k), len(x))
+    scores = np.empty(len(owners), dtype=np.float64)
+    with progress.task("scorecam", len(owners)) as advance:
+        for sl in _batches(len(owners), batch):
+            n, c = owners[sl], channels[sl]
+            masks = cam_ops.normalize_masks(resize_bilinear(activations[n, c], x.shape[2:]))  # (B, H, W)
+            scores[sl] = pick(backend.forward(x[n] * masks[:, None]).logits, classes[n])
+            advance(sl.stop - sl.start)
+    beta = cam_ops.softmax(scores.reshape(len(x), k), axis=1)
+    maps = resize_bilinear(cam_ops.weighted_sum(activations, beta), x.shape[2:])
+    return Explanation("scorecam", maps, classes, logits, layer=name)
 
 
 # ---------------------------------------------------------------- forward-only methods
@@ -300,9 +308,11 @@ def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec,
     owners = np.repeat(np.arange(len(x)), positions)
     where = np.tile(np.arange(positions), len(x))
     drops = np.empty(len(owners), dtype=np.float64)
-    for sl in _batches(len(owners), batch):
-        scores = backend.forward(grid.occlude(x, owners[sl], where[sl], fill)).logits
-        drops[sl] = clean[owners[sl]] - pick(scores, classes[owners[sl]])
+    with progress.task("occlusion", len(owners)) as advance:
+        for sl in _batches(len(owners), batch):
+            scores = backend.forward(grid.occlude(x, owners[sl], where[sl], fill)).logits
+            drops[sl] = clean[owners[sl]] - pick(scores, classes[owners[sl]])
+            advance(sl.stop - sl.start)
     maps = grid.accumulate(drops.reshape(len(x), positions))
     options = dict(window=grid.window, stride=grid.stride)
     return Explanation("occlusion", maps, classes, logits, options=options)

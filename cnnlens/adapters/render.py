@@ -1,0 +1,478 @@
+"""Pictures out: heat-map overlays and the figures of the seeds, as PNG files or bytes.
+
+Needs the ``viz`` extra (matplotlib, Pillow), imported on first use; never imports torch or
+onnx. Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, never
+with pyplot, so rendering is headless and safe from several threads.
+
+Raw maps are turned into pictures with ``cnnlens.core.scaling``: per-image min-max, the
+seeds' 99th-percentile capping, the positive / negative / absolute split and grayscale.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import math
+import os
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..core import scaling
+from ..core.errors import InvalidInputError
+from ..core.resize import resize_bilinear
+from ..core.roi import crop, threshold_box
+
+CAM_METHODS = ("gradcam", "cam", "scorecam", "occlusion")
+GRADIENT_METHODS = ("saliency", "guided_backprop", "deconvnet", "smoothgrad", "smoothgrad_sq", "vargrad",
+                    "guided_gradcam")
+FEATURE_METHODS = ("feature_maps",)
+
+GRADIENT_CMAP = "inferno"  # sequential, black for "no gradient"
+PANEL_INCHES = 3.0
+
+
+# --- lazy imports ------------------------------------------------------------------------
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("drawing pictures needs matplotlib: pip install 'cnnlens[viz]'") from None
+    return matplotlib
+
+
+def _new_figure(figsize: Tuple[float, float]) -> Any:
+    _matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _pil_image() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("writing PNG files needs Pillow: pip install 'cnnlens[viz]'") from None
+    return Image
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+def _rgb(image: Any) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype == np.uint8 and image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidInputError(
+            f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}; for a network input use "
+            f"cnnlens.adapters.images.denormalize(x) to get it back as pixels"
+        )
+    return image
+
+
+def _map2d(values: Any, what: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise InvalidInputError(f"{what} must be one (H, W) map, got shape {values.shape}")
+    return values
+
+
+def _stack(values: Any, what: str) -> np.ndarray:
+    """(K, h, w), also accepting (1, K, h, w): one image's stack of maps."""
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim == 4 and values.shape[0] == 1:
+        values = values[0]
+    if values.ndim != 3:
+        raise InvalidInputError(f"{what} must be (K, h, w) for one image, got shape {values.shape}")
+    return values
+
+
+def _fit_to(heat: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    return heat if heat.shape == tuple(shape) else resize_bilinear(heat, shape)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+# --- arrays ------------------------------------------------------------------------------
+
+
+def _colormap(cmap: str) -> Any:
+    colormaps = _matplotlib().colormaps
+    try:
+        return colormaps[cmap]
+    except KeyError:
+        close = difflib.get_close_matches(str(cmap), list(colormaps), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise InvalidInputError(f"unknown colormap {cmap!r}.{hint} See matplotlib's colormap list.") from None
+
+
+def colorize(values: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """Values in [0, 1] (H, W) -> uint8 (H, W, 3) through ``matplotlib.colormaps[cmap]``.
+
+    Values are clipped to [0, 1]; NaN counts as 0.
+    """
+    values = np.clip(_finite(np.asarray(values, dtype=np.float64)), 0.0, 1.0)
+    return np.ascontiguousarray(_colormap(cmap)(values, bytes=True)[..., :3])
+
+
+def _normalise_one(heat: np.ndarray, scale: str) -> np.ndarray:
+    heat = _finite(heat)[None]
+    if scale == "minmax":
+        return scaling.normalize_minmax(heat)[0]
+    if scale == "percentile":
+        return scaling.normalize_percentile(heat, 99.0)[0]
+    raise InvalidInputError(f"scale must be 'minmax' or 'percentile', got {scale!r}")
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "jet",
+            scale: str = "minmax") -> np.ndarray:
+    """A raw map (h, w) over uint8 (H, W, 3): ``(1 - alpha) * image + alpha * colorize(map)``.
+
+    The map is resized bilinearly to the image when the sizes differ, then scaled to [0, 1]
+    per image: ``"minmax"``, or ``"percentile"`` (capped at the 99th percentile). Returns uint8.
+    """
+    image = _rgb(image)
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise InvalidInputError(f"alpha must lie in [0, 1], got {alpha!r}")
+    heat = _fit_to(_map2d(heat, "heat"), image.shape[:2])
+    colour = colorize(_normalise_one(heat, scale), cmap).astype(np.float32)
+    blended = (1.0 - float(alpha)) * image.astype(np.float32) + float(alpha) * colour
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def _gradient_gray(gradient: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W) in [0, 1]: the sum of |g| over channels, capped at the 99th percentile."""
+    return scaling.normalize_percentile(scaling.grayscale(_finite(gradient)[None]), 99.0)[0]
+
+
+def _nearest(tile: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    rows = np.arange(shape[0]) * tile.shape[0] // shape[0]
+    cols = np.arange(shape[1]) * tile.shape[1] // shape[1]
+    return tile[rows[:, None], cols[None, :]]
+
+
+def _mosaic(maps: np.ndarray, shape: Tuple[int, int], max_maps: int = 16, gap: int = 1) -> np.ndarray:
+    """The first ``max_maps`` maps (K, h, w), each min-max and viridis, tiled (nearest, keeping
+    the maps' aspect) and centred on a white uint8 (H, W, 3) canvas."""
+    maps = _finite(maps[:max_maps])
+    count, (h, w) = len(maps), maps.shape[1:]
+    side = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / side)
+    zoom = min((shape[0] - gap * (rows - 1)) / (rows * h), (shape[1] - gap * (side - 1)) / (side * w))
+    tile_h, tile_w = max(1, int(h * zoom)), max(1, int(w * zoom))
+    top0 = max(0, (shape[0] - rows * tile_h - gap * (rows - 1)) // 2)
+    left0 = max(0, (shape[1] - side * tile_w - gap * (side - 1)) // 2)
+    out = np.full(tuple(shape) + (3,), 255, dtype=np.uint8)
+    for i, tile in enumerate(colorize(scaling.normalize_minmax(maps), "viridis")):
+        top = top0 + (i // side) * (tile_h + gap)
+        left = left0 + (i % side) * (tile_w + gap)
+        block = _nearest(tile, (tile_h, tile_w))
+        out[top:top + tile_h, left:left + tile_w] = block[: shape[0] - top, : shape[1] - left]
+    return out
+
+
+def _method_kind(method: str) -> str:
+    if method in CAM_METHODS:
+        return "cam"
+    if method in GRADIENT_METHODS:
+        return "gradient"
+    if method in FEATURE_METHODS:
+        return "features"
+    known = CAM_METHODS + GRADIENT_METHODS + FEATURE_METHODS
+    close = difflib.get_close_matches(str(method), known, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise InvalidInputError(f"no picture for method {method!r}.{hint} Methods: {', '.join(known)}")
+
+
+def method_panel(image: np.ndarray, exp_map: np.ndarray, method: str) -> np.ndarray:
+    """One uint8 (H, W, 3) picture of one image's explanation, the size of ``image``.
+
+    CAM family and occlusion: (H, W), (N, H, W) or (N, L, H, W) (first image, deepest layer)
+    -> ``overlay``. Gradient methods: (C, H, W) or (N, C, H, W) (first image) -> the sum of
+    |g| over channels capped at the 99th percentile, in a sequential colormap. feature_maps:
+    (K, h, w) or (N, K, h, w) -> a mosaic of the first 16 maps.
+    """
+    image = _rgb(image)
+    kind = _method_kind(method)
+    maps = np.asarray(exp_map, dtype=np.float32)
+    shape = image.shape[:2]
+    if kind == "cam":
+        if maps.ndim == 3:  # (N, H, W)
+            maps = maps[0]
+        elif maps.ndim == 4:  # (N, L, H, W): the deepest layer
+            maps = maps[0, -1]
+        return overlay(image, _map2d(maps, f"a {method} map"))
+    if kind == "gradient":
+        maps = maps[0] if maps.ndim == 4 else maps
+        if maps.ndim != 3:
+            raise InvalidInputError(f"a {method} map must be (C, H, W) or (N, C, H, W), got shape {maps.shape}")
+        return colorize(_fit_to(_gradient_gray(maps), shape), GRADIENT_CMAP)
+    return _mosaic(_stack(maps[:1] if maps.ndim == 4 else maps, "feature maps"), shape)
+
+
+# --- figures -----------------------------------------------------------------------------
+
+
+def _show(ax: Any, picture: np.ndarray, title: str, cmap: Optional[str] = None, small: bool = False,
+          interpolation: str = "antialiased") -> None:
+    """One panel: the picture without ticks, with a title (``small`` for tiles in big grids)."""
+    ax.imshow(picture, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None,
+              interpolation=interpolation)
+    ax.set_title(title, fontsize=7 if small else 10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _grid(figure: Any, count: int, columns: int) -> List[Any]:
+    """``count`` axes in rows of ``columns``; unused cells are hidden."""
+    rows = max(1, math.ceil(count / columns))
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    return list(axes[:count])
+
+
+def _aspect(shape: Tuple[int, ...]) -> float:
+    return shape[0] / max(1, shape[1])
+
+
+def _panel_figure(rows: int, columns: int, shape: Tuple[int, ...], title: str, inches: float = PANEL_INCHES) -> Any:
+    head = 0.5 if title else 0.0
+    height = rows * (inches * min(2.0, max(0.5, _aspect(shape))) + 0.35) + head
+    figure = _new_figure((columns * inches, height))
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def _as_panel(gradient: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> what imshow takes: (H, W, 3) for RGB, (H, W) otherwise (C = 1: that
+    channel; other C: the channel mean)."""
+    if gradient.shape[0] == 3:
+        return gradient.transpose(1, 2, 0)
+    return gradient[0] if gradient.shape[0] == 1 else gradient.mean(axis=0)
+
+
+def gradient_figure(image: np.ndarray, gradient: np.ndarray, title: str = "") -> Any:
+    """Seed 000's 3 x 3 figure of an input gradient (C, H, W) for one image.
+
+    Row 1: the image, the signed gradient as an RGB picture (min-max), grayscale (sum of |g|
+    over channels, capped at the 99th percentile). Row 2: all (|g|), positive and negative
+    parts, each scaled by its maximum (``scaling.split_sign``). Row 3: the same parts capped
+    at their 99th percentile (``scaling.normalize_percentile``). Returns a matplotlib Figure.
+    """
+    image = _rgb(image)
+    gradient = np.asarray(gradient, dtype=np.float32)
+    if gradient.ndim == 4 and gradient.shape[0] == 1:
+        gradient = gradient[0]
+    if gradient.ndim != 3:
+        raise InvalidInputError(f"gradient must be one image's (C, H, W), got shape {gradient.shape}")
+    g = _finite(gradient)[None]
+    positive, negative, absolute = (part[0] for part in scaling.split_sign(g))
+    parts = [("all |gradient|", absolute), ("positive gradient", positive), ("negative gradient", negative)]
+    gray = "gray" if gradient.shape[0] != 3 else None
+    figure = _panel_figure(3, 3, gradient.shape[1:], title)
+    axes = figure.subplots(3, 3, squeeze=False)
+    _show(axes[0, 0], image, "image")
+    _show(axes[0, 1], _as_panel(scaling.normalize_minmax(g)[0]), "gradient (min-max)", cmap=gray)
+    _show(axes[0, 2], _gradient_gray(gradient), "grayscale: sum |g| (99th pct)", cmap="gray")
+    for column, (name, part) in enumerate(parts):
+        capped = scaling.normalize_percentile(part[None], 99.0)[0]
+        _show(axes[1, column], _as_panel(part), name, cmap=gray)
+        _show(axes[2, column], _as_panel(capped), f"{name} (99th pct)", cmap=gray)
+    return figure
+
+
+def _layer_title(entry: Any) -> str:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, (tuple, list)) and len(entry) == 2:
+        return f"{entry[0]}\n({entry[1]})"
+    name, kind = getattr(entry, "name", None), getattr(entry, "kind", None)
+    if name is not None:
+        return f"{name}\n({kind})" if kind else str(name)
+    return str(entry)
+
+
+def layer_grid(image: np.ndarray, maps: np.ndarray, names: Sequence[Any], title: str = "",
+               columns: int = 4) -> Any:
+    """The layer-by-layer Grad-CAM grid: one overlay per layer, ``columns`` per row.
+
+    ``maps`` (L, H, W) (or (1, L, H, W)); ``names``: one per layer, each a name, a
+    ``(name, kind)`` pair or a ``cnnlens.Layer``; panels are titled with name and kind.
+    Each layer's map is min-max scaled on its own. Returns a matplotlib Figure.
+    """
+    image = _rgb(image)
+    maps = _stack(maps, "maps")
+    names = list(names)
+    if len(names) != len(maps):
+        raise InvalidInputError(f"{len(maps)} maps but {len(names)} names: pass one name per layer")
+    columns = max(1, min(int(columns), len(maps)))
+    rows = math.ceil(len(maps) / columns)
+    figure = _panel_figure(rows, columns, image.shape, title, inches=2.6)
+    for ax, heat, entry in zip(_grid(figure, len(maps), columns), maps, names):
+        label = _layer_title(entry)
+        if not np.any(_finite(heat) > 0):
+            label += " [map all 0]"
+        _show(ax, overlay(image, heat), label, small=len(maps) > 8)
+    return figure
+
+
+def feature_map_grid(maps: np.ndarray, max_maps: int = 64, title: str = "") -> Any:
+    """The first ``max_maps`` of one image's feature maps (K, h, w), each min-max, viridis,
+    titled with its channel index. Returns a matplotlib Figure."""
+    maps = _finite(_stack(maps, "maps"))
+    if max_maps < 1:
+        raise InvalidInputError(f"max_maps must be at least 1, got {max_maps!r}")
+    shown = maps[:max_maps]
+    scaled = scaling.normalize_minmax(shown)
+    columns = math.ceil(math.sqrt(len(shown)))
+    rows = math.ceil(len(shown) / columns)
+    inches = 1.5 if columns > 4 else 2.2
+    heading = title or (f"feature maps (first {len(shown)} of {len(maps)})" if len(shown) < len(maps) else "")
+    figure = _panel_figure(rows, columns, shown.shape[1:], heading, inches=inches)
+    for i, ax in enumerate(_grid(figure, len(shown), columns)):
+        _show(ax, scaled[i], f"#{i}", cmap="viridis", small=True, interpolation="nearest")
+    return figure
+
+
+def filter_grid(weights: np.ndarray, max_filters: int = 64, title: str = "", scale: str = "bank") -> Any:
+    """The first ``max_filters`` filters of a convolution's weights (out, in, kh, kw).
+
+    3 input channels: RGB tiles; otherwise the mean over input channels in grayscale.
+    ``scale="bank"`` min-max scales every tile with the range of the whole bank shown (so
+    filters compare); ``"filter"`` scales each filter on its own. Returns a matplotlib Figure.
+    """
+    weights = _finite(np.asarray(weights, dtype=np.float32))
+    if weights.ndim != 4:
+        raise InvalidInputError(
+            f"filter_grid needs a convolution's (out, in, kh, kw) weights, got shape {weights.shape}"
+        )
+    if max_filters < 1:
+        raise InvalidInputError(f"max_filters must be at least 1, got {max_filters!r}")
+    shown = weights[:max_filters]
+    tiles = shown if shown.shape[1] == 3 else shown.mean(axis=1, keepdims=True)
+    if scale == "bank":
+        tiles = scaling.normalize_minmax(tiles[None])[0]
+    elif scale == "filter":
+        tiles = scaling.normalize_minmax(tiles)
+    else:
+        raise InvalidInputError(f"scale must be 'bank' or 'filter', got {scale!r}")
+    columns = math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / columns)
+    kind = "RGB" if shown.shape[1] == 3 else f"mean of {shown.shape[1]} input channels"
+    heading = title or f"filters {tuple(weights.shape)} ({kind})"
+    figure = _panel_figure(rows, columns, tiles.shape[2:], heading, inches=1.2 if columns > 4 else 1.8)
+    gray = None if tiles.shape[1] == 3 else "gray"
+    for i, ax in enumerate(_grid(figure, len(tiles), columns)):
+        _show(ax, _as_panel(tiles[i]), f"#{i}", cmap=gray, small=True, interpolation="nearest")
+    return figure
+
+
+def roi_figure(image: np.ndarray, cam: np.ndarray, threshold: float = 0.5) -> Any:
+    """Seed 002's region of interest: the CAM overlay with the box of the pixels whose
+    min-max normalised value is at least ``threshold`` (``core.roi.threshold_box``), and the
+    image cropped to that box beside it. Returns a matplotlib Figure."""
+    from matplotlib.patches import Rectangle
+
+    image = _rgb(image)
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InvalidInputError(f"threshold must lie in [0, 1], got {threshold!r}")
+    heat = _fit_to(_finite(_map2d(cam, "cam")), image.shape[:2])
+    box = threshold_box(heat, threshold)
+    figure = _panel_figure(1, 2, image.shape, f"region of interest (threshold {threshold:g})")
+    left_ax, right_ax = figure.subplots(1, 2, squeeze=False)[0]
+    _show(left_ax, overlay(image, heat), "map and box")
+    if box is None:
+        right_ax.set_axis_off()
+        right_ax.set_title("no region: the map is constant", fontsize=10)
+        return figure
+    top, left, bottom, right = box
+    left_ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                edgecolor="white", linewidth=2))
+    _show(right_ax, crop(image, box), f"crop rows {top}:{bottom}, cols {left}:{right}")
+    return figure
+
+
+def _overlay_figure(image: np.ndarray, heat: np.ndarray, title: str, label: str) -> Any:
+    figure = _panel_figure(1, 2, image.shape, title)
+    left_ax, right_ax = figure.subplots(1, 2, squeeze=False)[0]
+    _show(left_ax, image, "image")
+    _show(right_ax, overlay(image, heat), label)
+    return figure
+
+
+def explanation_figure(image: np.ndarray, exp: Any, index: int = 0) -> Any:
+    """The figure for image ``index`` of an Explanation: ``gradient_figure`` for the gradient
+    methods, ``layer_grid`` for a CAM over a list of layers, the image beside the overlay for
+    one CAM-family or occlusion map, ``feature_map_grid`` for feature maps."""
+    kind = _method_kind(exp.method)
+    maps = np.asarray(exp.maps)[index]
+    target = int(np.asarray(exp.target)[index])
+    where = "" if exp.layer is None else f" at {exp.layer if isinstance(exp.layer, str) else 'each layer'}"
+    title = f"{exp.method}, class {target}{where}"
+    if kind == "gradient":
+        return gradient_figure(image, maps, title=title)
+    if kind == "features":
+        return feature_map_grid(maps, title=f"{exp.method} of {exp.layer}, {maps.shape[0]} maps")
+    if maps.ndim == 3:
+        return layer_grid(image, maps, list(exp.layer), title=title)
+    return _overlay_figure(image, maps, title, exp.method if exp.layer is None else str(exp.layer))
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def _is_figure(value: Any) -> bool:
+    return hasattr(value, "savefig") and hasattr(value, "axes")
+
+
+def _write(figure_or_array: Any, target: Any, dpi: int) -> None:
+    if _is_figure(figure_or_array):
+        figure_or_array.savefig(target, format="png", dpi=dpi)
+        return
+    array = np.asarray(figure_or_array)
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise InvalidInputError(
+            f"can save a matplotlib Figure or a uint8 (H, W), (H, W, 3) or (H, W, 4) array, got "
+            f"{type(figure_or_array).__name__} {array.dtype} {array.shape}"
+        )
+    _pil_image().fromarray(np.ascontiguousarray(array)).save(target, format="PNG")
+
+
+def save_png(figure_or_array: Any, path: Union[str, "os.PathLike[str]"], dpi: int = 100) -> str:
+    """Write a Figure or a uint8 image array to ``path`` as PNG, atomically: to a temporary
+    file beside it, then renamed; on any error no file (and no temporary) is left. Returns
+    the path."""
+    from .export import atomic_path
+
+    path = os.fspath(path)
+    with atomic_path(path) as temporary:
+        _write(figure_or_array, temporary, dpi)
+    return path
+
+
+def png_bytes(figure_or_array: Any, dpi: int = 100) -> bytes:
+    """The PNG encoding of a Figure or a uint8 image array (for base64 in HTML)."""
+    buffer = io.BytesIO()
+    _write(figure_or_array, buffer, dpi)
+    return buffer.getvalue()
+
+
+def save_npy(array: np.ndarray, path: Union[str, "os.PathLike[str]"]) -> str:
+    """Write ``array`` to ``path`` in NumPy's .npy format, atomically like ``save_png``."""
+    from .export import atomic_path
+
+    path = os.fspath(path)
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.save(handle, np.asarray(array), allow_pickle=False)
+    return path

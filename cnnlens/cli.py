@@ -1,0 +1,290 @@
+"""The ``cnnlens`` command: layers, explain, compare, report, sanity checks and the demo.
+
+MODEL is an ``.onnx`` file, a TorchScript file, or ``module:attr`` naming a Python callable
+that returns an ``nn.Module`` (or the module itself). Errors print one line starting with
+``error:`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .core.errors import CnnlensError, ModelError
+from .core.methods import METHODS, supported_methods
+from .core import progress
+
+#: CLI flags that map to method options: flag dest -> (option name, type, help).
+METHOD_OPTIONS = {
+    "samples": (int, "smoothgrad: noisy samples per image (25)"),
+    "noise": (float, "smoothgrad: noise sigma as a fraction of each image's value range (0.15)"),
+    "seed": (int, "smoothgrad: random seed (0)"),
+    "variant": (str, "smoothgrad: smoothgrad | smoothgrad_sq | vargrad"),
+    "base": (str, "smoothgrad: saliency | guided_backprop | deconvnet"),
+    "window": (int, "occlusion: window side in pixels (1/14 of the shorter side)"),
+    "stride": (int, "occlusion: step in pixels (half the window)"),
+    "baseline": (float, "occlusion: value the window is set to (0)"),
+    "batch_size": (int, "images per forward/backward pass (chosen automatically)"),
+}
+
+
+# ---------------------------------------------------------------- models and images
+
+
+def load_model(spec: str, device: Optional[str] = None) -> Any:
+    """MODEL from the command line: a file path, or ``module:attr``."""
+    import cnnlens
+
+    if os.path.exists(spec) or spec.lower().endswith((".onnx", ".pt", ".pth", ".ts", ".jit")):
+        return cnnlens.load(spec, device=device)
+    if ":" not in spec:
+        raise ModelError(
+            f"MODEL {spec!r} is neither a file nor module:attr: give an .onnx file, a TorchScript file, "
+            f"or module:attr naming a function that returns an nn.Module (e.g. torchvision.models:resnet18)"
+        )
+    module_name, attr = spec.split(":", 1)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ModelError(f"cannot import {module_name!r} for MODEL {spec!r}: {error}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(f"{module_name!r} has no attribute {attr!r} (MODEL {spec!r})")
+        obj = getattr(obj, part)
+    torch = sys.modules.get("torch")
+    is_module = torch is not None and isinstance(obj, torch.nn.Module)
+    if callable(obj) and not is_module:
+        try:
+            obj = obj()
+        except Exception as error:
+            raise ModelError(f"calling {spec} failed: {type(error).__name__}: {error}") from None
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(obj, torch.nn.Module):
+        raise ModelError(f"{spec} gave a {type(obj).__name__}, not a torch.nn.Module")
+    return cnnlens.load(obj, device=device)
+
+
+def _input_geometry(backend: Any, args: argparse.Namespace):
+    """(channels, (H, W)) for preprocessing: the ONNX input's, else --size and the first conv's channels."""
+    from .adapters.images import input_size
+
+    known = input_size(backend)
+    channels = known[0] if known and known[0] else None
+    size = tuple(args.size) if args.size else (tuple(known[1:]) if known and all(known[1:]) else None)
+    if channels is None:
+        try:
+            channels = int(backend.weights(None).shape[1])
+        except (CnnlensError, AttributeError, IndexError):
+            channels = 3
+    return channels, size or (224, 224)
+
+
+def _prepare(backend: Any, paths: Sequence[str], args: argparse.Namespace):
+    from .adapters import images
+
+    channels, size = _input_geometry(backend, args)
+    mean = tuple(args.mean) if args.mean else images.IMAGENET_MEAN
+    std = tuple(args.std) if args.std else images.IMAGENET_STD
+    return images.prepare(list(paths), size, mean=mean, std=std, channels=channels)
+
+
+def _methods(names: Optional[List[str]], backend: Any) -> List[str]:
+    wanted: List[str] = []
+    for item in names or []:
+        wanted.extend(n.strip() for n in item.split(",") if n.strip())
+    if not wanted or "all" in wanted:
+        return [m for m in supported_methods(backend.capabilities) if m in METHODS]
+    return wanted
+
+
+def _options(method: str, args: argparse.Namespace) -> Dict[str, Any]:
+    allowed = METHODS[method].options if method in METHODS else {}
+    return {k: getattr(args, k) for k in METHOD_OPTIONS if getattr(args, k, None) is not None and k in allowed}
+
+
+def _layer_arg(args: argparse.Namespace):
+    if not args.layer:
+        return None
+    return args.layer[0] if len(args.layer) == 1 else list(args.layer)
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    import cnnlens
+
+    backend = load_model(args.model, args.device)
+    shape = tuple(args.input_shape) if args.input_shape else None
+    rows = [(str(i), l.name, l.kind, "?" if l.shape is None else "x".join("N" if d is None else str(d) for d in l.shape))
+            for i, l in enumerate(cnnlens.layers(backend, shape))]
+    header = ("#", "name", "kind", "output shape")
+    widths = [max(len(r[c]) for r in rows + [header]) for c in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import cnnlens
+    from .adapters import render
+
+    backend = load_model(args.model, args.device)
+    x, display = _prepare(backend, args.images, args)
+    methods = _methods(args.method, backend)
+    os.makedirs(args.out, exist_ok=True)
+    written = []
+    for method in methods:
+        exp = cnnlens.explain(backend, x, method, target=args.target, layer=_layer_arg(args), **_options(method, args))
+        for i, path in enumerate(args.images):
+            stem = os.path.join(args.out, f"{os.path.splitext(os.path.basename(path))[0]}_{method}")
+            figure = render.explanation_figure(display[i], exp, i)
+            render.save_png(figure, stem + ".png")
+            written.append(stem + ".png")
+            if args.save_maps:
+                render.save_npy(exp.maps[i], stem + ".npy")
+                written.append(stem + ".npy")
+        print(f"{method}: class {', '.join(str(int(t)) for t in exp.target)}"
+              + (f" at {exp.layer}" if exp.layer is not None else ""))
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import cnnlens
+
+    a = load_model(args.model_a, args.device)
+    b = load_model(args.model_b, args.device)
+    x, _ = _prepare(a, args.images, args)
+    worst = 0.0
+    for method in _methods(args.method, a):
+        if not METHODS[method].needs <= b.capabilities:
+            print(f"{method}: skipped ({b.name} backend cannot run it)\n")
+            continue
+        result = cnnlens.compare(a, b, x, method, target=args.target, layer=_layer_arg(args), **_options(method, args))
+        print(result)
+        print()
+        worst = max(worst, result.worst_relative_error)
+    print(f"worst relative error: {worst:.3g}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .adapters.report import write_report
+
+    backend = load_model(args.model, args.device)
+    x, display = _prepare(backend, args.images, args)
+    labels = None
+    if args.labels:
+        with open(args.labels, encoding="utf-8") as handle:
+            labels = [line.rstrip("\n") for line in handle]
+    write_report(args.out, backend, x, display, names=[os.path.basename(p) for p in args.images],
+                 methods=_methods(args.method, backend) if args.method else None, labels=labels,
+                 title=args.title or f"cnnlens report: {os.path.basename(args.model)}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .adapters.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _add_preprocessing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input size (default: the ONNX model's, else 224 224)")
+    p.add_argument("--mean", type=float, nargs="+", help="normalisation mean per channel (ImageNet's)")
+    p.add_argument("--std", type=float, nargs="+", help="normalisation std per channel (ImageNet's)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the model's, or the best available)")
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", "-m", action="append", metavar="M",
+                   help=f"method(s), repeat or comma-separate; 'all' for every one the backend runs: {', '.join(METHODS)}")
+    p.add_argument("--layer", "-l", action="append", metavar="L", help="layer name (repeat for several)")
+    p.add_argument("--target", "-t", type=int, help="class to explain (default: each image's prediction)")
+    group = p.add_argument_group("method options")
+    for name, (kind, text) in METHOD_OPTIONS.items():
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnnlens", description="See what convolutional image classifiers look at.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("layers", help="print a model's layers as a table")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="for torch models (3 224 224)")
+    p.add_argument("--device")
+    p.set_defaults(run=cmd_layers)
+
+    p = sub.add_parser("explain", help="explain images, one PNG per image and method")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--out", "-o", default="cnnlens-out", help="output folder (cnnlens-out)")
+    p.add_argument("--save-maps", action="store_true", help="also write the raw maps as .npy")
+    _add_method_options(p)
+    _add_preprocessing(p)
+    p.set_defaults(run=cmd_explain)
+
+    p = sub.add_parser("compare", help="compare two models' explanations (e.g. a module and its ONNX export)")
+    p.add_argument("model_a", metavar="MODEL_A")
+    p.add_argument("model_b", metavar="MODEL_B")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    _add_method_options(p)
+    _add_preprocessing(p)
+    p.set_defaults(run=cmd_compare)
+
+    p = sub.add_parser("report", help="one self-contained HTML report")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--out", "-o", default="report.html")
+    p.add_argument("--labels", help="text file with one class name per line")
+    p.add_argument("--title")
+    p.add_argument("--method", "-m", action="append", metavar="M", help="methods to show (all it supports)")
+    _add_preprocessing(p)
+    p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("demo", help="train a DenseNet on synthetic shapes and explain it with every method")
+    p.add_argument("--out", "-o", default="cnnlens-demo", help="output folder (cnnlens-demo)")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests)")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .adapters.progress import terminal_bars
+
+    try:
+        with progress.reporting(terminal_bars()):
+            return int(args.run(args) or 0)
+    except CnnlensError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
