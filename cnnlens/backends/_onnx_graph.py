@@ -55,7 +55,7 @@ class Graph:
         self.by_name: Dict[str, onnx.NodeProto] = {node_name(n): n for n in self.nodes}
         self.dynamic = self._depends_on_input(data_only=False)
         self.data = self._depends_on_input(data_only=True)
-        self._scopes = {node_name(n): self._node_scopes(n) for n in self.nodes}
+        self._scopes = self._all_scopes()
 
     # ------------------------------------------------------------ order and reachability
 
@@ -159,27 +159,42 @@ class Graph:
 
     # ------------------------------------------------------------ module scopes
 
-    def _node_scopes(self, node: onnx.NodeProto) -> List[str]:
-        """Torch module paths this node belongs to, outermost first."""
+    def _all_scopes(self) -> Dict[str, List[str]]:
+        """Torch module paths of every node, outermost first. A legacy-exporter path part with a
+        ``_N`` suffix (``relu_1``: a module's second call) also counts as the bare module
+        (``relu``) when some node carries that bare path too."""
+        raw = {node_name(n): self._node_scopes(n) for n in self.nodes}
+        known = {path for paths in raw.values() for path in paths}
+        scopes: Dict[str, List[str]] = {}
+        for name, paths in raw.items():
+            expanded: List[str] = []
+            for path in paths:
+                expanded.append(path)
+                bare = _SUFFIX.sub("", path)
+                if bare != path and bare in known:
+                    expanded.append(bare)
+            scopes[name] = expanded
+        return scopes
+
+    @staticmethod
+    def _node_scopes(node: onnx.NodeProto) -> List[str]:
+        """The module paths one node records: dynamo metadata, or a legacy ``/a/a.b/c/Op`` name."""
         for prop in node.metadata_props:
             if prop.key == "pkg.torch.onnx.name_scopes":
                 try:
                     scopes = ast.literal_eval(prop.value)
                 except (ValueError, SyntaxError):
                     break
-                return [s for s in scopes[:-1] if s]  # the last entry is the fx node, not a module
+                # the last entry is the fx node, not a module; "_..." entries are exporter internals
+                return [s for s in scopes[:-1] if s and not s.startswith("_")]
         name = node.name
         if not name.startswith("/"):
             return []
-        parts = [p for p in name.split("/")[1:-1] if p]  # drop the op name at the end
         paths: List[str] = []
         current = ""
-        for part in parts:
+        for part in (p for p in name.split("/")[1:-1] if p):  # the op name at the end is dropped
             current = part if not current or part.startswith(current + ".") else f"{current}.{part}"
             paths.append(current)
-            stripped = _SUFFIX.sub("", current)  # a reused module's later calls: relu_1
-            if stripped != current:
-                paths.append(stripped)
         return paths
 
     def module_paths(self) -> List[str]:
@@ -201,8 +216,7 @@ class Graph:
     def module_for_node(self, node: onnx.NodeProto) -> Optional[str]:
         """The innermost torch module path of a node, when the exporter recorded it."""
         scopes = self._scopes.get(node_name(node)) or []
-        plain = [s for s in scopes if not _SUFFIX.search(s.rsplit(".", 1)[-1])] or scopes
-        return plain[-1] if plain else None
+        return scopes[-1] if scopes else None
 
 
 def shape_of(value_info: onnx.ValueInfoProto) -> Optional[Tuple[Optional[int], ...]]:
@@ -224,6 +238,7 @@ def inferred_shapes(model: onnx.ModelProto, input_shape: Optional[Sequence[int]]
         for dim, value in zip(dims, input_shape):
             dim.Clear()
             dim.dim_value = int(value)
+    recorded = {info.name: shape_of(info) for info in probe.graph.value_info}
     del probe.graph.value_info[:]
     try:
         inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
@@ -234,4 +249,7 @@ def inferred_shapes(model: onnx.ModelProto, input_shape: Optional[Sequence[int]]
         shape = shape_of(info)
         if shape is not None:
             shapes[info.name] = shape
+    for name, shape in recorded.items():  # what inference could not work out, as the exporter recorded it
+        if name not in shapes and shape is not None:
+            shapes[name] = shape
     return shapes

@@ -185,16 +185,17 @@ class OnnxBackend:
         return result
 
     def resolve_layer(self, name: str) -> str:
-        """Node names; output tensor names and torch module paths are accepted too."""
+        """Node names; torch module paths (as the exporter recorded them) and output tensor names
+        are accepted too, in that order."""
         if not isinstance(name, str):
             raise LayerError(f"a layer name must be a string, got {name!r}")
         if name in self.graph.by_name and name in self.graph.data:
             return name
+        node = self.graph.node_for_module(name)  # before tensor names: dynamo names tensors relu_1 ...
+        if node is not None:
+            return node_name(node)
         node = self.graph.producer.get(name)
         if node is not None and node_name(node) in self.graph.data:
-            return node_name(node)
-        node = self.graph.node_for_module(name)
-        if node is not None:
             return node_name(node)
         known = [node_name(n) for n in self.graph.data_nodes()] + self.graph.module_paths()
         raise unknown_layer(name, known)
@@ -370,7 +371,9 @@ def read_model(source) -> onnx.ModelProto:
     except ModelError:
         raise
     except Exception as error:
-        raise ModelError(f"not a readable ONNX model ({type(error).__name__}: {error}): is the file complete?") from None
+        where = "" if isinstance(source, (bytes, bytearray, memoryview)) else f"{os.fspath(source)} is "
+        raise ModelError(f"{where}not a readable ONNX model ({type(error).__name__}: {error}): is the file "
+                         f"complete? Export it again") from None
     if not model.graph.node:
         raise ModelError("the ONNX model has no nodes: is the file complete?")
     return model
