@@ -81,13 +81,7 @@ def _map_layer(name: str, backend: Any, other: Any) -> str:
         module_of = getattr(other, "module_of", None)
         if module_of is None:
             raise
-        try:
-            module = module_of(name)
-        except LayerError:
-            module = None
-        if not module:
-            raise
-        return backend.resolve_layer(module)
+    return backend.resolve_layer(module_of(name))  # explains itself when the node is no module's output
 
 
 def _layers_for(layer: LayerSpec, backend: Any, other: Any) -> LayerSpec:

@@ -182,7 +182,7 @@ def train(model: nn.Module, data: Data, epochs: int = 8, batch_size: int = 64, l
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                loss_sum += float(loss) * len(idx)
+                loss_sum += float(loss.detach()) * len(idx)
                 correct += int((logits.argmax(1) == target).sum())
                 step += 1
                 if progress is not None:

@@ -191,9 +191,13 @@ class Graph:
         if not name.startswith("/"):
             return []
         paths: List[str] = []
-        current = ""
+        current, previous = "", ""
         for part in (p for p in name.split("/")[1:-1] if p):  # the op name at the end is dropped
-            current = part if not current or part.startswith(current + ".") else f"{current}.{part}"
+            if previous and part.startswith(previous + "."):  # a Sequential's child: "downsample.0"
+                current = current[:len(current) - len(previous)] + part
+            else:
+                current = f"{current}.{part}" if current else part
+            previous = part
             paths.append(current)
         return paths
 
@@ -214,7 +218,18 @@ class Graph:
         return found
 
     def module_for_node(self, node: onnx.NodeProto) -> Optional[str]:
-        """The innermost torch module path of a node, when the exporter recorded it."""
+        """The innermost torch module whose output this node computes, when the exporter recorded it.
+
+        A node inside a module that is not its output (the first call of a reused ReLU, a
+        residual Add) has none: None.
+        """
+        for path in reversed(self._scopes.get(node_name(node)) or []):
+            if self.node_for_module(path) is node:
+                return path
+        return None
+
+    def enclosing_module(self, node: onnx.NodeProto) -> Optional[str]:
+        """The innermost torch module path a node lies in, output or not."""
         scopes = self._scopes.get(node_name(node)) or []
         return scopes[-1] if scopes else None
 

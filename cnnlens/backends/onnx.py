@@ -200,9 +200,18 @@ class OnnxBackend:
         known = [node_name(n) for n in self.graph.data_nodes()] + self.graph.module_paths()
         raise unknown_layer(name, known)
 
-    def module_of(self, layer: str) -> Optional[str]:
-        """The torch module path an exporter recorded for a layer, if any."""
-        return self.graph.module_for_node(self.graph.by_name[self.resolve_layer(layer)])
+    def module_of(self, layer: str) -> str:
+        """The torch module whose output a layer computes, as the exporter recorded it."""
+        node = self.graph.by_name[self.resolve_layer(layer)]
+        module = self.graph.module_for_node(node)
+        if module is None:
+            inside = self.graph.enclosing_module(node)
+            where = (f"lies inside module {inside!r} but is not its output (that is node "
+                     f"{node_name(self.graph.node_for_module(inside))!r})" if inside else
+                     "has no torch module recorded by the exporter")
+            raise LayerError(f"node {node_name(node)!r} {where}, so no torch layer matches it: "
+                             f"name a module's output node, or the module itself")
+        return module
 
     def _tensor(self, layer: str) -> str:
         return self.graph.by_name[self.resolve_layer(layer)].output[0]
