@@ -109,8 +109,9 @@ def _options(method: str, args: argparse.Namespace) -> Dict[str, Any]:
     return {k: getattr(args, k) for k in METHOD_OPTIONS if getattr(args, k, None) is not None and k in allowed}
 
 
-def _layer_arg(args: argparse.Namespace):
-    if not args.layer:
+def _layer_arg(args: argparse.Namespace, method: str):
+    """--layer for methods that take one (CAM family, feature maps); others ignore it."""
+    if not args.layer or not (method in METHODS and METHODS[method].layered):
         return None
     return args.layer[0] if len(args.layer) == 1 else list(args.layer)
 
@@ -143,7 +144,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     written = []
     for method in methods:
-        exp = cnnlens.explain(backend, x, method, target=args.target, layer=_layer_arg(args), **_options(method, args))
+        exp = cnnlens.explain(backend, x, method, target=args.target, layer=_layer_arg(args, method), **_options(method, args))
         for i, path in enumerate(args.images):
             stem = os.path.join(args.out, f"{os.path.splitext(os.path.basename(path))[0]}_{method}")
             figure = render.explanation_figure(display[i], exp, i)
@@ -169,7 +170,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not METHODS[method].needs <= b.capabilities:
             print(f"{method}: skipped ({b.name} backend cannot run it)\n")
             continue
-        result = cnnlens.compare(a, b, x, method, target=args.target, layer=_layer_arg(args), **_options(method, args))
+        result = cnnlens.compare(a, b, x, method, target=args.target, layer=_layer_arg(args, method), **_options(method, args))
         print(result)
         print()
         worst = max(worst, result.worst_relative_error)

@@ -16,13 +16,10 @@ import numpy as np
 from .api import _as_numpy
 from .backends import backend_for
 from .core.errors import LayerError
-from .core.methods import LayerSpec, check_images, run
+from .core.methods import METHODS, LayerSpec, check_images, run
 from .core.metrics import agreement
 from .core.targets import Target
 from .core.types import Explanation
-
-_LAYERED = {"gradcam", "guided_gradcam", "cam", "scorecam", "feature_maps"}
-
 
 @dataclass
 class ImageAgreement:
@@ -103,10 +100,11 @@ def compare(model_a: Any, model_b: Any, x: Any, method: str, target: Target = No
     a, b = backend_for(model_a), backend_for(model_b)
     images = check_images(_as_numpy(x))
     layer_a = _layers_for(layer, a, b)
-    if layer is None and method in _LAYERED:
+    layered = method in METHODS and METHODS[method].layered
+    if layer is None and layered:
         layer_a = a.default_layer(tuple(images.shape))
     exp_a = run(a, images, method, target=target, layer=layer_a, **options)
-    if method in _LAYERED:
+    if layered:
         names = exp_a.layer if isinstance(exp_a.layer, list) else [exp_a.layer]
         mapped: Union[str, List[str]] = [_map_layer(n, b, a) for n in names]
         layer_b = mapped if isinstance(exp_a.layer, list) else mapped[0]

@@ -350,10 +350,11 @@ def feature_maps(backend: Backend, x: np.ndarray, target: Target, layer: LayerSp
 
 @dataclass(frozen=True)
 class Method:
-    """A method's function and the backend capabilities it needs."""
+    """A method's function, the backend capabilities it needs, and whether it takes a layer."""
 
     function: Callable[..., Explanation]
     needs: FrozenSet[str]
+    layered: bool = False
 
     @property
     def options(self) -> Dict[str, Any]:
@@ -367,12 +368,12 @@ METHODS: Dict[str, Method] = {
     "guided_backprop": Method(guided_backprop, frozenset({"input_gradients", "relu_rules"})),
     "deconvnet": Method(deconvnet, frozenset({"input_gradients", "relu_rules"})),
     "smoothgrad": Method(smoothgrad, frozenset({"input_gradients"})),
-    "gradcam": Method(gradcam, frozenset({"layer_gradients"})),
-    "guided_gradcam": Method(guided_gradcam, frozenset({"layer_gradients", "input_gradients", "relu_rules"})),
-    "cam": Method(cam, frozenset({"linear_head"})),
-    "scorecam": Method(scorecam, frozenset({"activations"})),
+    "gradcam": Method(gradcam, frozenset({"layer_gradients"}), layered=True),
+    "guided_gradcam": Method(guided_gradcam, frozenset({"layer_gradients", "input_gradients", "relu_rules"}), layered=True),
+    "cam": Method(cam, frozenset({"linear_head"}), layered=True),
+    "scorecam": Method(scorecam, frozenset({"activations"}), layered=True),
     "occlusion": Method(occlusion, frozenset({"forward"})),
-    "feature_maps": Method(feature_maps, frozenset({"activations"})),
+    "feature_maps": Method(feature_maps, frozenset({"activations"}), layered=True),
 }
 
 
@@ -425,7 +426,7 @@ def run(backend: Backend, x: Any, method: str, target: Target = None, layer: Lay
     if unknown:
         listed = ", ".join(allowed) if allowed else "none"
         raise InvalidInputError(f"{method} has no option {', '.join(map(repr, unknown))}; its options: {listed}")
-    if layer is not None and method in ("saliency", "guided_backprop", "deconvnet", "smoothgrad", "occlusion"):
+    if layer is not None and not spec.layered:
         raise LayerError(f"{method} explains the input and takes no layer; layers are for the CAM family and feature_maps")
     images = check_images(x)
     _check_target_length(target, len(images))
