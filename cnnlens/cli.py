@@ -164,7 +164,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     a = load_model(args.model_a, args.device)
     b = load_model(args.model_b, args.device)
-    x, _ = _prepare(a, args.images, args)
+    from .adapters.images import input_size
+
+    x, _ = _prepare(a if input_size(a) or not input_size(b) else b, args.images, args)  # the one that knows its size
     worst = 0.0
     for method in _methods(args.method, a):
         if not METHODS[method].needs <= b.capabilities:

@@ -3,8 +3,9 @@
 The task follows the seeds' DenseNet example: is there a square in the image? Every image has
 a few circles; a positive image also has exactly one axis-aligned square. Circles and the
 square are drawn from the same distributions of area, colour, and fill style (filled or
-outlined), and a positive image has one circle fewer than a negative one, so neither pixel
-sums, brightness nor the number of objects tells the classes apart: only shape does. The square
+outlined), and the number of circles does not depend on the class, so pixel sums and brightness
+tell the classes apart barely better than chance and circles carry no evidence either way:
+the square's shape is what a model has to find. The square
 never touches a circle (circles may overlap each other), so its bounding box is exactly the
 square's pixels and the pointing game has a clean ground truth.
 
@@ -100,7 +101,7 @@ def _paint(canvas: np.ndarray, rows: slice, cols: slice, alpha: np.ndarray, colo
     patch += a * colour
 
 
-def _draw_one(rng: np.random.Generator, size: int, positive: bool, n_objects: int,
+def _draw_one(rng: np.random.Generator, size: int, positive: bool, n_circles: int,
               noise: float) -> Tuple[np.ndarray, Tuple[int, int, int, int], Tuple[Shape, ...]]:
     background = rng.uniform(0.0, _BG_MAX)
     canvas = np.full((size, size, 3), background, dtype=np.float64)
@@ -115,7 +116,6 @@ def _draw_one(rng: np.random.Generator, size: int, positive: bool, n_objects: in
 
     shapes: List[Shape] = []
     box = (-1, -1, -1, -1)
-    n_circles = n_objects - 1 if positive else n_objects
     if positive:
         side = int(round(rng.uniform(_MIN_SIZE, _MAX_SIZE) * size))
         margin = 1
@@ -157,13 +157,14 @@ def _draw_one(rng: np.random.Generator, size: int, positive: bool, n_objects: in
 
 
 def make_shapes(n: int, size: int = 64, seed: int = 0, positive_fraction: float = 0.5,
-                objects: Tuple[int, int] = (3, 5), noise: float = _NOISE) -> ShapesData:
+                circles: Tuple[int, int] = (2, 5), noise: float = _NOISE) -> ShapesData:
     """``n`` seeded images (size x size RGB) of circles, half of them (``positive_fraction``)
     with one square.
 
-    Each image has between ``objects[0]`` and ``objects[1]`` shapes (a positive one: the
-    square and one circle fewer), sizes between 12% and 28% of the side (the square root of the
-    area), random colours, filled or outlined, on a dark grey background with Gaussian noise of
+    Each image has between ``circles[0]`` and ``circles[1]`` circles (whatever its class;
+    rarely one fewer on a positive image when no room is left beside the square), shapes' sizes
+    between 12% and 28% of the side (the square root of the area), random colours, filled or
+    outlined (1 or 2 px at 64 px), on a dark grey background with Gaussian noise of
     std ``noise`` (in [0, 1] units; 0 for exact colours). Exactly ``round(n *
     positive_fraction)`` images are positive, in shuffled order. The same arguments give
     byte-identical data.
@@ -174,9 +175,9 @@ def make_shapes(n: int, size: int = 64, seed: int = 0, positive_fraction: float 
         raise ValueError(f"size must be at least 16 px, got {size}")
     if not 0.0 <= positive_fraction <= 1.0:
         raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
-    lo, hi = int(objects[0]), int(objects[1])
-    if not 1 <= lo <= hi:
-        raise ValueError(f"objects must be (min, max) with 1 <= min <= max, got {objects}")
+    lo, hi = int(circles[0]), int(circles[1])
+    if not 0 <= lo <= hi:
+        raise ValueError(f"circles must be (min, max) with 0 <= min <= max, got {circles}")
     rng = np.random.default_rng(seed)
     labels = np.zeros(n, dtype=np.int64)
     labels[:int(round(n * positive_fraction))] = 1
