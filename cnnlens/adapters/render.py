@@ -14,7 +14,7 @@ import difflib
 import io
 import math
 import os
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -429,6 +429,26 @@ def explanation_figure(image: np.ndarray, exp: Any, index: int = 0) -> Any:
 
 
 # --- output ------------------------------------------------------------------------------
+
+
+def methods_grid(images: np.ndarray, maps: Dict[str, np.ndarray], row_titles: Sequence[str] = (),
+                 title: str = "") -> Any:
+    """Every method side by side: one row per image (the input first), one column per method.
+
+    ``images`` uint8 (N, H, W, 3); ``maps`` method -> that method's ``exp.maps`` (N, ...).
+    Returns a matplotlib Figure.
+    """
+    images = np.asarray(images)
+    methods = list(maps)
+    columns = len(methods) + 1
+    figure = _panel_figure(len(images), columns, images.shape[1:3], title, inches=1.9)
+    axes = figure.subplots(len(images), columns, squeeze=False)
+    for i, image in enumerate(images):
+        label = row_titles[i] if i < len(row_titles) else "input"
+        _show(axes[i, 0], _rgb(image), label, small=True, interpolation="nearest")
+        for j, method in enumerate(methods, start=1):
+            _show(axes[i, j], method_panel(image, maps[method][i], method), method if i == 0 else "", small=True)
+    return figure
 
 
 def _is_figure(value: Any) -> bool:

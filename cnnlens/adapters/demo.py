@@ -1,0 +1,260 @@
+"""``cnnlens demo``: the main job. No arguments, no network.
+
+Generates circles-and-squares images (seeds 000/001), trains a small torchvision DenseNet on
+the CPU (cached in the output folder for reruns), exports it to ONNX and TorchScript, explains
+held-out images with every method on the torch backend and the forward-only methods on the
+ONNX backend, and writes the report, the figures, ``summary.json`` and a table of the
+pointing game (the fraction of held-out positives whose map peaks inside the square) and the
+seconds each method took.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..core.metrics import pointing_game
+from ..core.methods import METHODS, run
+from . import render, synthetic
+from .export import atomic_path, to_onnx, to_torchscript
+from .report import write_report
+
+#: Methods whose maps can point: everything but the activations themselves.
+POINTING = [m for m in METHODS if m != "feature_maps"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """What the demo trains and explains; changing it retrains (the cache key is its hash)."""
+
+    size: int = 64
+    train_images: int = 2400
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 4e-3
+    seed: int = 0
+    held_out: int = 64          # held-out images (a fresh seed), about half positive
+    pointing_images: int = 24   # held-out positives the pointing game is measured on
+    report_images: Tuple[int, int] = (4, 2)   # positives, negatives in the report and figures
+    occlusion: Tuple[int, int] = (8, 4)       # window, stride
+    smoothgrad_samples: int = 16
+
+    def key(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+QUICK = DemoConfig(train_images=600, epochs=3, held_out=24, pointing_images=6, report_images=(2, 1),
+                   smoothgrad_samples=4)
+
+
+def _options(config: DemoConfig) -> Dict[str, Dict[str, Any]]:
+    window, stride = config.occlusion
+    return {"occlusion": {"window": window, "stride": stride},
+            "smoothgrad": {"samples": config.smoothgrad_samples, "noise": 0.15}}
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _train_or_load(out: str, config: DemoConfig):
+    """The trained model and its validation accuracy, from the cache when the config matches."""
+    import torch
+
+    from . import demo_model
+    from .progress import terminal_bars
+
+    weights, meta = os.path.join(out, "model_state.pt"), os.path.join(out, "model.json")
+    model = demo_model.build_model(num_classes=2, seed=config.seed)
+    if os.path.exists(weights) and os.path.exists(meta):
+        with open(meta, encoding="utf-8") as handle:
+            cached = json.load(handle)
+        if cached.get("key") == config.key():
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            model.eval()
+            _say(f"model: loaded from {weights} (validation accuracy {cached['accuracy']:.3f})")
+            return model, cached["accuracy"], 0.0
+    data = synthetic.make_shapes(config.train_images, size=config.size, seed=config.seed)
+    _say(f"training a DenseNet on {len(data)} synthetic {config.size}x{config.size} images "
+         f"({config.epochs} epochs, {torch.get_num_threads()} threads)...")
+    bar = _training_bar(terminal_bars())
+    with bar as step:
+        result = demo_model.train(model, data, epochs=config.epochs, batch_size=config.batch_size,
+                                  lr=config.lr, seed=config.seed, progress=step)
+    model.eval()
+    with atomic_path(weights) as temporary:
+        torch.save(model.state_dict(), temporary)
+    with atomic_path(meta) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        json.dump({"key": config.key(), "accuracy": result["accuracy"], "config": dataclasses.asdict(config)},
+                  handle, indent=2)
+    _say(f"model: validation accuracy {result['accuracy']:.3f} after {result['seconds']:.0f} s")
+    return model, float(result["accuracy"]), float(result["seconds"])
+
+
+def _training_bar(reporter):
+    """A context manager yielding progress(step, total) for training, drawn when on a terminal."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def bar():
+        if reporter is None:
+            yield None
+            return
+        state: Dict[str, Any] = {}
+
+        def step(done: int, total: int) -> None:
+            if "advance" not in state:
+                state["context"] = reporter("training", total)
+                state["advance"] = state["context"].__enter__()
+            state["advance"](done - state.get("done", 0))
+            state["done"] = done
+
+        try:
+            yield step
+        finally:
+            if "context" in state:
+                state["context"].__exit__(None, None, None)
+    return bar()
+
+
+def _held_out(config: DemoConfig):
+    data = synthetic.make_shapes(config.held_out, size=config.size, seed=config.seed + 1000)
+    positives = np.flatnonzero(data.labels == 1)
+    negatives = np.flatnonzero(data.labels == 0)
+    return data, positives, negatives
+
+
+def _save_inputs(out: str, data, positives: np.ndarray, negatives: np.ndarray) -> List[str]:
+    folder = os.path.join(out, "inputs")
+    os.makedirs(folder, exist_ok=True)
+    names = []
+    for kind, index in (("positive", positives), ("negative", negatives)):
+        for k, i in enumerate(index):
+            name = f"{kind}_{k:02d}.png"
+            render.save_png(data.images[i], os.path.join(folder, name))
+            names.append(name)
+    return names
+
+
+def _timed(backend, x, method, options) -> Tuple[Any, float]:
+    start = time.perf_counter()
+    exp = run(backend, x, method, **options.get(method, {}))
+    return exp, time.perf_counter() - start
+
+
+def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[DemoConfig] = None) -> Dict[str, Any]:
+    """Run the demo into ``out``; returns the summary written to ``summary.json``."""
+    import cnnlens
+
+    config = config or (QUICK if quick else DemoConfig())
+    started = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    model, accuracy, train_seconds = _train_or_load(out, config)
+
+    onnx_path, script_path = os.path.join(out, "model.onnx"), os.path.join(out, "model.pt")
+    shape = (3, config.size, config.size)
+    to_onnx(model, onnx_path, shape, exporter="legacy")
+    to_torchscript(model, script_path, shape)
+    torch_backend, onnx_backend = cnnlens.load(model), cnnlens.load(onnx_path)
+
+    data, positives, negatives = _held_out(config)
+    x_all = synthetic.normalize(data.images)
+    pointing = positives[:config.pointing_images]
+    shown_pos, shown_neg = positives[:config.report_images[0]], negatives[:config.report_images[1]]
+    input_names = _save_inputs(out, data, shown_pos, shown_neg)
+    shown = np.concatenate([shown_pos, shown_neg])
+
+    options = _options(config)
+    table: List[Dict[str, Any]] = []
+    torch_results: Dict[str, Any] = {}
+    for backend, label in ((torch_backend, "torch"), (onnx_backend, "onnx")):
+        methods = [m for m in METHODS if METHODS[m].needs <= backend.capabilities]
+        for method in methods:
+            exp, seconds = _timed(backend, x_all[pointing], method, options)
+            score = pointing_game(exp.maps, data.boxes[pointing]) if method in POINTING else None
+            table.append({"method": method, "backend": label, "pointing_game": score, "seconds": seconds,
+                          "images": len(pointing)})
+            if label == "torch":
+                torch_results[method] = exp
+            _say(f"  {label:5} {method:16} {'' if score is None else f'pointing {score:.2f}':14} {seconds:6.2f} s")
+
+    shown_exps = {m: run(torch_backend, x_all[shown], m, **options.get(m, {})) for m in torch_results}
+    _figures(out, model, torch_backend, data, x_all, shown_pos, shown, shown_exps)
+    per_image = {r["method"]: r["seconds"] / r["images"] for r in table if r["backend"] == "torch"}
+    report_results = {m: (exp, "", per_image[m] * len(shown)) for m, exp in shown_exps.items()}
+    notes = {row["method"]: {"pointing game": "" if row["pointing_game"] is None else f"{row['pointing_game']:.2f}",
+                             "seconds / image": f"{row['seconds'] / row['images']:.3f}"}
+             for row in table if row["backend"] == "torch"}
+    write_report(os.path.join(out, "report.html"), torch_backend, x_all[shown], data.images[shown],
+                 names=input_names, labels=["no square", "square"], results=report_results, notes=notes,
+                 title=f"cnnlens demo: a DenseNet on circles and squares (accuracy {accuracy:.3f})")
+
+    summary = {
+        "accuracy": accuracy,
+        "pointing_game": {r["method"]: r["pointing_game"] for r in table
+                          if r["backend"] == "torch" and r["pointing_game"] is not None},
+        "seconds": {r["method"]: round(r["seconds"], 3) for r in table if r["backend"] == "torch"},
+        "onnx": {"pointing_game": {r["method"]: r["pointing_game"] for r in table
+                                   if r["backend"] == "onnx" and r["pointing_game"] is not None},
+                 "seconds": {r["method"]: round(r["seconds"], 3) for r in table if r["backend"] == "onnx"},
+                 "provider": onnx_backend.provider},
+        "pointing_images": int(len(pointing)),
+        "training_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "config": dataclasses.asdict(config),
+    }
+    with atomic_path(os.path.join(out, "summary.json")) as temporary, open(temporary, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    _print_table(table, accuracy, out, summary["total_seconds"])
+    return summary
+
+
+def _figures(out, model, backend, data, x_all, shown_pos, shown, shown_exps) -> None:
+    """The seeds' pictures for the first held-out positive, and every method side by side."""
+    import cnnlens
+
+    first = shown_pos[:1]
+    x, image = x_all[first], data.images[first[0]]
+    for method in ("saliency", "guided_backprop"):
+        exp = cnnlens.explain(backend, x, method)
+        render.save_png(render.gradient_figure(image, exp.maps[0], title=f"{method}, class {exp.target[0]}"),
+                        os.path.join(out, f"gradients_{method}.png"))
+    blocks = [f"features.{name}" for name, _ in model.features.named_children()]
+    layers = [l for l in cnnlens.layers(backend, x.shape[1:]) if l.name in blocks and l.spatial]
+    grid = cnnlens.explain(backend, x, "gradcam", layer=[l.name for l in layers])
+    render.save_png(render.layer_grid(image, grid.maps[0], layers, title="Grad-CAM, layer by layer (one pass)"),
+                    os.path.join(out, "gradcam_layers.png"))
+    guided = cnnlens.explain(backend, x, "guided_gradcam", layer=[l.name for l in layers])
+    render.save_png(render.layer_grid(image, np.abs(guided.maps[0]).sum(axis=1), layers,
+                                      title="Guided Grad-CAM, layer by layer"),
+                    os.path.join(out, "guided_gradcam_layers.png"))
+    cam = cnnlens.explain(backend, x, "gradcam")
+    render.save_png(render.roi_figure(image, cam.maps[0]), os.path.join(out, "roi.png"))
+    features = cnnlens.explain(backend, x, "feature_maps", layer=layers[len(layers) // 2].name)
+    render.save_png(render.feature_map_grid(features.maps[0], title=f"feature maps of {features.layer}"),
+                    os.path.join(out, "feature_maps.png"))
+    render.save_png(render.filter_grid(cnnlens.filters(backend), title="first-layer filters"),
+                    os.path.join(out, "filters.png"))
+    maps = {m: exp.maps for m, exp in shown_exps.items() if m != "feature_maps"}
+    titles = ["square" if data.labels[i] else "no square" for i in shown]
+    render.save_png(render.methods_grid(data.images[shown], maps, titles, title="every method, held-out images"),
+                    os.path.join(out, "methods.png"))
+
+
+def _print_table(table: List[Dict[str, Any]], accuracy: float, out: str, total: float) -> None:
+    _say("")
+    _say(f"validation accuracy {accuracy:.3f}; pointing game on {table[0]['images']} held-out positives")
+    _say(f"{'method':16} {'backend':8} {'pointing':>8} {'seconds':>8}")
+    for row in table:
+        score = "-" if row["pointing_game"] is None else f"{row['pointing_game']:.2f}"
+        _say(f"{row['method']:16} {row['backend']:8} {score:>8} {row['seconds']:8.2f}")
+    _say(f"\nwrote {out}/report.html, figures, summary.json, model.onnx, model.pt ({total:.0f} s)")
+    sys.stdout.flush()
