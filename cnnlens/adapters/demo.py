@@ -35,8 +35,8 @@ class DemoConfig:
     """What the demo trains and explains; changing it retrains (the cache key is its hash)."""
 
     size: int = 64
-    train_images: int = 2400
-    epochs: int = 8
+    train_images: int = 4000
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 4e-3
     seed: int = 0

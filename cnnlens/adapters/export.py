@@ -23,6 +23,9 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield temporary
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
