@@ -1,0 +1,68 @@
+"""`cnnlens demo` end to end, on a tiny configuration (the real one trains for minutes)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import cnnlens
+from cnnlens.adapters import synthetic
+from cnnlens.adapters.demo import DemoConfig, run_demo
+from cnnlens.adapters.images import load_image
+
+TINY = DemoConfig(train_images=240, epochs=1, held_out=12, pointing_images=3, report_images=(1, 1),
+                  smoothgrad_samples=2, occlusion=(16, 8))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("demo"))
+    return out, run_demo(out, config=TINY)
+
+
+def test_writes_everything_the_issue_names(demo):
+    out, summary = demo
+    for name in ("report.html", "summary.json", "model.onnx", "model.pt", "methods.png", "gradcam_layers.png",
+                 "gradients_saliency.png", "gradients_guided_backprop.png", "roi.png", "filters.png",
+                 "feature_maps.png", "inputs/positive_00.png", "inputs/negative_00.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, "summary.json")) as handle:
+        written = json.load(handle)
+    assert written == json.loads(json.dumps(summary))
+    assert set(written["pointing_game"]) == {"saliency", "guided_backprop", "deconvnet", "smoothgrad", "gradcam",
+                                             "guided_gradcam", "cam", "scorecam", "occlusion"}
+    assert set(written["seconds"]) == set(written["pointing_game"]) | {"feature_maps"}
+    assert all(0 <= v <= 1 for v in written["pointing_game"].values()) and 0 <= written["accuracy"] <= 1
+    assert set(written["onnx"]["pointing_game"]) == {"cam", "scorecam", "occlusion"}
+
+
+def test_inputs_are_the_held_out_images(demo):
+    out, _ = demo
+    held = synthetic.make_shapes(TINY.held_out, size=TINY.size, seed=TINY.seed + 1000)
+    first_positive = held.images[np.flatnonzero(held.labels == 1)[0]]
+    first_negative = held.images[np.flatnonzero(held.labels == 0)[0]]
+    np.testing.assert_array_equal(load_image(os.path.join(out, "inputs/positive_00.png")), first_positive)
+    np.testing.assert_array_equal(load_image(os.path.join(out, "inputs/negative_00.png")), first_negative)
+
+
+def test_exports_match_the_trained_weights(demo):
+    out, summary = demo
+    from cnnlens.adapters import demo_model
+
+    model = demo_model.build_model(num_classes=2)
+    model.load_state_dict(torch.load(os.path.join(out, "model_state.pt"), weights_only=True))
+    x = synthetic.normalize(synthetic.make_shapes(4, size=TINY.size, seed=5).images)
+    reference = cnnlens.explain(model, x, "occlusion", window=16, stride=8)
+    for exported in ("model.onnx", "model.pt"):
+        exp = cnnlens.explain(os.path.join(out, exported), x, "occlusion", window=16, stride=8)
+        np.testing.assert_allclose(exp.logits, reference.logits, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(exp.maps, reference.maps, rtol=1e-3, atol=1e-5 * np.abs(reference.maps).max())
+
+
+def test_rerun_uses_the_cached_model(demo):
+    out, summary = demo
+    again = run_demo(out, config=TINY)
+    assert again["training_seconds"] == 0 and again["accuracy"] == summary["accuracy"]
+    assert again["pointing_game"] == summary["pointing_game"]
