@@ -1,16 +1,17 @@
 """The demo's model: a small torchvision DenseNet trained on the synthetic circles-and-squares
-images (``cnnlens.adapters.synthetic``), as in the seeds' DenseNet example, fast enough to
-train on two CPU cores in about a minute.
+images (``cnnlens.adapters.synthetic``), as in the seeds' DenseNet example, small enough to
+train on two idle CPU cores in under 20 seconds to 100% validation accuracy.
 
 ``build_model`` makes the network, ``train`` fits it (seeded, deterministic on a given machine
-and thread count) and ``evaluate`` measures accuracy. Inputs are the normalised images of
-``synthetic.normalize`` (float32 (N, 3, H, W)).
+and thread count), ``evaluate`` measures accuracy and ``train_demo`` does all of it with the
+demo's recipe. Inputs are the normalised images of ``synthetic.normalize`` (float32
+(N, 3, H, W)).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,6 +24,11 @@ from . import synthetic
 #: The demo's architecture: two dense blocks (one transition), so a 64 px input leaves an
 #: 8 x 8 last spatial layer (the stem divides by 4, the transition by 2) for the CAM family.
 DEFAULT_ARCH: Dict[str, Any] = dict(growth_rate=12, block_config=(4, 4), num_init_features=24, bn_size=4)
+
+#: The demo's recipe (``train_demo``): ``make_shapes(n, size)``, 80% trained on and 20% held out
+#: for validation, ``train(model, data, epochs, batch_size, lr, noise=noise)``. About 17 s on two
+#: idle CPU cores (250 steps), 100% validation accuracy on seeds 0-4.
+DEMO_TRAINING: Dict[str, Any] = dict(n=4000, size=64, epochs=5, batch_size=64, lr=4e-3, noise=0.2)
 
 Data = Union["synthetic.ShapesData", Tuple[np.ndarray, np.ndarray]]
 
@@ -73,10 +79,15 @@ def _identity(batch: torch.Tensor) -> torch.Tensor:
     return batch
 
 
-def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _augment(batch: torch.Tensor, generator: torch.Generator, noise: float) -> torch.Tensor:
     """Random horizontal / vertical flips and transposes per image (the dihedral group of the
-    square: squares stay squares, circles stay circles)."""
+    square: squares stay squares, circles stay circles), and Gaussian pixel noise of a random
+    std in [0, ``noise``] per image (in [0, 1] pixel units)."""
     n = batch.shape[0]
+    if noise > 0:
+        std = torch.tensor(synthetic.STD, dtype=torch.float32).view(1, -1, 1, 1)[:, :batch.shape[1]]
+        sigma = torch.rand(n, 1, 1, 1, generator=generator) * noise / std
+        batch = batch + sigma * torch.randn(batch.shape, generator=generator)
     flags = torch.rand(n, 3, generator=generator) < 0.5
     batch = batch.clone()
     for axis, dims in enumerate(((3,), (2,), None)):
@@ -119,13 +130,19 @@ def split(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarra
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def train(model: nn.Module, data: Data, epochs: int = 8, batch_size: int = 64, lr: float = 4e-3,
+def train(model: nn.Module, data: Data, epochs: int = 5, batch_size: int = 64, lr: float = 4e-3,
           seed: int = 0, progress: Optional[Callable[[int, int], Any]] = None, *,
           val: Optional[Data] = None, val_fraction: float = 0.2, weight_decay: float = 1e-4,
-          augment: bool = True) -> Dict[str, Any]:
+          augment: bool = True, noise: float = 0.2) -> Dict[str, Any]:
     """Train ``model`` in place on ``data`` (a ``ShapesData``, or ``(images, labels)`` with uint8
     (N, H, W, 3) or normalised float32 (N, 3, H, W) images) with AdamW and a one-cycle learning
     rate schedule peaking at ``lr``.
+
+    ``augment``: each training image is randomly flipped and transposed (the square's
+    symmetries) and gets Gaussian pixel noise of a random std in [0, ``noise``] ([0, 1] pixel
+    units, scaled by ``synthetic.STD``). The noise makes the model's gradients meaningful on the
+    noisy copies SmoothGrad feeds it (its default noise of 15% of the value range is 0.15 in
+    pixel units here); without it SmoothGrad's maps scatter over the background.
 
     Validation on ``val`` when given, else on a seeded ``val_fraction`` of ``data`` held out
     from training (its indices are returned as ``val_indices``). ``progress(step, total)`` is
@@ -174,7 +191,7 @@ def train(model: nn.Module, data: Data, epochs: int = 8, batch_size: int = 64, l
                 idx = order[b * batch_size:(b + 1) * batch_size]
                 batch = prepare(images[idx])
                 if augment:
-                    batch = _augment(batch, generator)
+                    batch = _augment(batch, generator, noise)
                 target = labels[idx].to(device)
                 logits = model(batch.to(device))
                 loss = F.cross_entropy(logits, target)
@@ -195,3 +212,20 @@ def train(model: nn.Module, data: Data, epochs: int = 8, batch_size: int = 64, l
         model.eval()
     return dict(accuracy=history[-1]["val_accuracy"], seconds=time.perf_counter() - start, history=history,
                 train_indices=train_idx, val_indices=val_idx)
+
+
+def train_demo(seed: int = 0, progress: Optional[Callable[[int, int], Any]] = None,
+               **overrides: Any) -> Tuple[DenseNet, "synthetic.ShapesData", Dict[str, Any]]:
+    """The demo's model, data and training result with the ``DEMO_TRAINING`` recipe (any of its
+    keys overridable by keyword): ``(model, data, result)``, the model in eval mode, ``data``
+    the whole generated set (``result["val_indices"]`` picks the held-out part)."""
+    recipe = dict(DEMO_TRAINING)
+    unknown = set(overrides) - set(recipe)
+    if unknown:
+        raise TypeError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(recipe)}")
+    recipe.update(overrides)
+    data = synthetic.make_shapes(recipe["n"], size=recipe["size"], seed=seed)
+    model = build_model(seed=seed)
+    result = train(model, data, epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
+                   seed=seed, progress=progress, noise=recipe["noise"])
+    return model, data, result
