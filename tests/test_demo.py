@@ -66,3 +66,20 @@ def test_rerun_uses_the_cached_model(demo):
     again = run_demo(out, config=TINY)
     assert again["training_seconds"] == 0 and again["accuracy"] == summary["accuracy"]
     assert again["pointing_game"] == summary["pointing_game"]
+
+
+def test_cli_demo_subcommand(tmp_path, monkeypatch, capsys):
+    """`cnnlens demo --quick --out DIR` runs the demo (here with the tiny configuration)."""
+    from cnnlens.adapters import demo as demo_module
+    from cnnlens.cli import main
+
+    monkeypatch.setattr(demo_module, "QUICK", TINY)
+    out = tmp_path / "cli-demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    with open(out / "summary.json") as handle:
+        summary = json.load(handle)
+    for method, score in summary["pointing_game"].items():
+        line = next(l for l in printed.splitlines() if l.startswith(method + " ") and " torch " in l)
+        assert f"{score:.2f}" in line
+    assert "report.html" in printed
