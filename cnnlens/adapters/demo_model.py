@@ -28,7 +28,8 @@ DEFAULT_ARCH: Dict[str, Any] = dict(growth_rate=12, block_config=(4, 4), num_ini
 #: The demo's recipe (``train_demo``): ``make_shapes(n, size)``, 80% trained on and 20% held out
 #: for validation, ``train(model, data, epochs, batch_size, lr, noise=noise)``. About 17 s on two
 #: idle CPU cores (250 steps), 100% validation accuracy on seeds 0-4.
-DEMO_TRAINING: Dict[str, Any] = dict(n=4000, size=64, epochs=5, batch_size=64, lr=4e-3, noise=0.2)
+DEMO_TRAINING: Dict[str, Any] = dict(n=4000, size=64, epochs=5, batch_size=64, lr=4e-3, noise=0.2,
+                                     weight_decay=1e-2)
 
 Data = Union["synthetic.ShapesData", Tuple[np.ndarray, np.ndarray]]
 
@@ -132,11 +133,12 @@ def split(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarra
 
 def train(model: nn.Module, data: Data, epochs: int = 5, batch_size: int = 64, lr: float = 4e-3,
           seed: int = 0, progress: Optional[Callable[[int, int], Any]] = None, *,
-          val: Optional[Data] = None, val_fraction: float = 0.2, weight_decay: float = 1e-4,
+          val: Optional[Data] = None, val_fraction: float = 0.2, weight_decay: float = 1e-2,
           augment: bool = True, noise: float = 0.2) -> Dict[str, Any]:
     """Train ``model`` in place on ``data`` (a ``ShapesData``, or ``(images, labels)`` with uint8
     (N, H, W, 3) or normalised float32 (N, 3, H, W) images) with AdamW and a one-cycle learning
-    rate schedule peaking at ``lr``.
+    rate schedule peaking at ``lr`` (AdamW's own default weight decay, 1e-2: it made the
+    gradient maps steadier across seeds than 1e-4 did).
 
     ``augment``: each training image is randomly flipped and transposed (the square's
     symmetries) and gets Gaussian pixel noise of a random std in [0, ``noise``] ([0, 1] pixel
@@ -227,5 +229,5 @@ def train_demo(seed: int = 0, progress: Optional[Callable[[int, int], Any]] = No
     data = synthetic.make_shapes(recipe["n"], size=recipe["size"], seed=seed)
     model = build_model(seed=seed)
     result = train(model, data, epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                   seed=seed, progress=progress, noise=recipe["noise"])
+                   seed=seed, progress=progress, noise=recipe["noise"], weight_decay=recipe["weight_decay"])
     return model, data, result
