@@ -104,7 +104,9 @@ def compare(model_a: Any, model_b: Any, x: Any, method: str, target: Target = No
     if layer is None and layered:
         layer_a = a.default_layer(tuple(images.shape))
     exp_a = run(a, images, method, target=target, layer=layer_a, **options)
-    if layered:
+    if method == "cam" and layer is None:
+        layer_b = None  # each backend finds the tensor its own head pools (DenseNet's F.relu has no module)
+    elif layered:
         names = exp_a.layer if isinstance(exp_a.layer, list) else [exp_a.layer]
         mapped: Union[str, List[str]] = [_map_layer(n, b, a) for n in names]
         layer_b = mapped if isinstance(exp_a.layer, list) else mapped[0]

@@ -529,3 +529,19 @@ def test_agreement_zero_maps():
     stats = agreement(zero, other)
     assert stats["max_abs_diff"] == 0.5 and stats["relative_error"] == float("inf")
     assert stats["rank_correlation"] == 0.0
+
+
+def test_cam_on_a_densenet_and_its_export(tmp_path):
+    """DenseNet pools F.relu(features), a tensor no module outputs: each backend finds its own head."""
+    import torchvision
+
+    from cnnlens.adapters.export import to_onnx
+
+    torch.manual_seed(0)
+    model = torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=3).eval()
+    path = str(tmp_path / "densenet.onnx")
+    to_onnx(model, path, (3, 32, 32), exporter="legacy")
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    result = cnnlens.compare(model, path, x, "cam")
+    assert all(i.relative_error <= 1e-4 and i.classes_agree for i in result.images)
+    np.testing.assert_allclose(result.b.maps, cnnlens.explain(model, x, "cam").maps, rtol=1e-4, atol=1e-6)

@@ -4,11 +4,11 @@ The task follows the seeds' DenseNet example: is there a square in the image? Ev
 a few circles; a positive image also has exactly one axis-aligned square. Circles and the
 square are drawn from the same distributions of area, colour, and fill style (filled or
 outlined), and the number of circles does not depend on the class: circles carry no evidence
-either way, and global pixel statistics (channel means, standard deviations, a 32-bin intensity
-histogram) let a logistic regression reach only about 63% (the square adds one object's worth
-of colour). The square's shape is what a model has to find. The square
-never touches a circle (circles may overlap each other), so its bounding box is exactly the
-square's pixels and the pointing game has a clean ground truth.
+either way, and global pixel statistics (channel means and standard deviations, a 32-bin
+intensity histogram) let a logistic regression reach only about 63% (the square adds one
+object's worth of colour). The square's shape is what a model has to find. The square never
+touches a circle (circles may overlap each other), so its bounding box is exactly the square's
+pixels and the pointing game has a clean ground truth.
 
 This module imports NumPy and the standard library only, so an ONNX-only install can make the
 same images.
@@ -89,7 +89,7 @@ def _circle_alpha(size: int, row: float, col: float, radius: float, filled: bool
     return slice(r0, r1), slice(c0, c1), alpha
 
 
-def _square_alpha(top: int, left: int, side: int, filled: bool, thickness: int) -> np.ndarray:
+def _square_alpha(side: int, filled: bool, thickness: int) -> np.ndarray:
     alpha = np.ones((side, side), dtype=np.float64)
     if not filled:
         alpha[thickness:side - thickness, thickness:side - thickness] = 0.0
@@ -125,7 +125,7 @@ def _draw_one(rng: np.random.Generator, noise_rng: np.random.Generator, size: in
         left = int(rng.integers(margin, size - side - margin + 1))
         colour, filled, thickness = style()
         _paint(canvas, slice(top, top + side), slice(left, left + side),
-               _square_alpha(top, left, side, filled, thickness), colour)
+               _square_alpha(side, filled, thickness), colour)
         box = (top, left, top + side, left + side)
         shapes.append(Shape("square", box, tuple(float(c) for c in colour), filled, thickness))
 
