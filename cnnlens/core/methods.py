@@ -16,7 +16,7 @@ from .errors import InvalidInputError, LayerError, TargetError, UnknownMethodErr
 from .noise import RunningStats, image_generators, noise_sigma
 from .occlusion import OcclusionGrid, as_baseline
 from .resize import resize_bilinear
-from .targets import Target, one_hot, pick, resolve_targets
+from .targets import Target, is_single, one_hot, pick, resolve_targets
 from .types import Explanation
 
 #: Any object implementing ``cnnlens.backends.base.Backend`` (the core never imports backends).
@@ -42,13 +42,13 @@ def _batch_size(backend: Backend, value: Optional[int], kind: str, x: np.ndarray
 
 
 def _target_slice(target: Target, sl: slice) -> Target:
-    if target is None or np.isscalar(target) or (isinstance(target, np.ndarray) and target.ndim == 0):
+    if is_single(target):
         return target
     return list(target)[sl] if not isinstance(target, np.ndarray) else target.reshape(-1)[sl]
 
 
 def _check_target_length(target: Target, n: int) -> None:
-    if target is None or np.isscalar(target) or (isinstance(target, np.ndarray) and target.ndim == 0):
+    if is_single(target):
         return
     try:
         length = len(target)  # type: ignore[arg-type]

@@ -11,6 +11,11 @@ from .errors import TargetError
 Target = Union[None, int, Sequence[int], np.ndarray]
 
 
+def is_single(target: Target) -> bool:
+    """Whether ``target`` means one thing for every image: None or one class index."""
+    return target is None or np.isscalar(target) or (isinstance(target, np.ndarray) and target.ndim == 0)
+
+
 def resolve_targets(target: Target, logits: np.ndarray) -> np.ndarray:
     """Class index per image, shape (N,), int64.
 
@@ -25,7 +30,7 @@ def resolve_targets(target: Target, logits: np.ndarray) -> np.ndarray:
         return np.argmax(logits, axis=1).astype(np.int64)
     if isinstance(target, (bool, np.bool_)):
         raise TargetError(f"target must be an int class index or a list of them, got {target!r}")
-    if np.isscalar(target) or (isinstance(target, np.ndarray) and target.ndim == 0):
+    if is_single(target):
         classes = np.full(n, _as_index(target), dtype=np.int64)
     else:
         values = list(np.asarray(target).reshape(-1)) if isinstance(target, np.ndarray) else list(target)
