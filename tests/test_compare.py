@@ -162,7 +162,8 @@ def test_torch_vs_onnx_layer_in_torch_terms(res, onnx_paths, onnx_backends, node
     assert result.a.layer == module
     assert result.b.layer == nodes[exporter][module]
     if method == "feature_maps":
-        assert_close(result.a.maps, activation(res, module, x), 1e-6)
+        # 1e-5: on the CPU the torch backend runs channels-last (NHWC), which rounds differently
+        assert_close(result.a.maps, activation(res, module, x), 1e-5)
         assert_close(result.b.maps, activation(res, module, x), 1e-5)
 
 
@@ -186,7 +187,7 @@ def test_onnx_vs_torch_layer_in_onnx_terms(res, onnx_backends, nodes, x, exporte
     assert_close(activation(res, result.b.layer, x), activation(res, module, x), 0)
     if method == "feature_maps":
         assert_close(result.a.maps, activation(res, module, x), 1e-5)
-        assert_close(result.b.maps, activation(res, result.b.layer, x), 1e-6)
+        assert_close(result.b.maps, activation(res, result.b.layer, x), 1e-5)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

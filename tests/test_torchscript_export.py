@@ -202,7 +202,10 @@ def test_torchscript_maps_equal_original(cases, ts_sources, torch_results, x, ki
         np.testing.assert_array_equal(exp.target, logits.argmax(1))
         np.testing.assert_array_equal(exp.target, reference.target)
         err = rel_err(exp.maps, reference.maps)
-        assert err <= TIGHT, f"{kind} {method} via {how}: relative error {err:.3g}"
+        # TorchScript runs NCHW, the eager backend NHWC on the CPU; occlusion drops are differences
+        # of nearly equal logits, which magnify that rounding difference
+        tol = 1e-4 if method == "occlusion" else TIGHT
+        assert err <= tol, f"{kind} {method} via {how}: relative error {err:.3g}"
 
 
 @pytest.mark.parametrize("kind", ["trace", "script"])

@@ -20,27 +20,32 @@ RULES = ("plain", "guided", "deconv")
 
 
 class RuleReLU(torch.autograd.Function):
-    """``max(s, 0)`` forward; backward by the rule its mode holds when the backward runs."""
+    """``max(s, 0)`` forward; backward by the rule its mode holds when the backward runs.
+
+    Like PyTorch's own ReLU it keeps only its output (``out > 0`` exactly where ``s > 0``), and
+    its backward is PyTorch's fused ``threshold_backward``, after clamping for the guided rule.
+    """
 
     @staticmethod
     def forward(ctx, s: torch.Tensor, mode: "ReluRuleMode", inplace: bool) -> torch.Tensor:  # type: ignore[override]
         ctx.mode = mode
-        ctx.save_for_backward(s > 0)
         if inplace:
             ctx.mark_dirty(s)
-            return torch.relu_(s)
-        return torch.relu(s)
+            out = torch.relu_(s)
+        else:
+            out = torch.relu(s)
+        ctx.save_for_backward(out)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         rule = ctx.mode.rule
-        (positive,) = ctx.saved_tensors
-        if rule == "plain":
-            return grad * positive, None, None
-        passed = grad.clamp(min=0)
+        (out,) = ctx.saved_tensors
+        if rule == "deconv":
+            return grad.clamp(min=0), None, None
         if rule == "guided":
-            passed = passed * positive
-        return passed, None, None
+            grad = grad.clamp(min=0)
+        return torch.ops.aten.threshold_backward(grad, out, 0), None, None
 
 
 _OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}

@@ -52,7 +52,11 @@ def normalize_masks(upsampled: np.ndarray) -> np.ndarray:
     upsampled = np.asarray(upsampled, dtype=np.float32)
     low = upsampled.min(axis=(-2, -1), keepdims=True)
     span = upsampled.max(axis=(-2, -1), keepdims=True) - low
-    return np.where(span > 0, (upsampled - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
+    safe = np.where(span > 0, span, np.float32(1))
+    out = np.subtract(upsampled, low)
+    np.divide(out, safe, out=out)
+    out *= span > 0  # constant channels -> 0
+    return out
 
 
 def softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -253,7 +253,8 @@ def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
     """Score-CAM (Wang et al. 2020): ``ReLU(sum_k beta_k A_k)``, ``beta = softmax_k y_c(x * M_k)``, with
     ``M_k`` the channel upsampled to the input and min-max normalised; resized, (N, H, W).
 
-    The N * K masked images go through the model ``batch_size`` at a time, across images.
+    The N * K masked images go through the model ``batch_size`` at a time, across images; channels
+    that are constant (dead ReLU channels) all share the zero image, scored once.
     """
     names, as_list = _layer_names(backend, layer, x)
     if as_list and len(names) != 1:
@@ -268,16 +269,21 @@ def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
     activations, logits = np.concatenate(parts), np.concatenate(logit_parts)
     classes = resolve_targets(target, logits)
     k = activations.shape[1]
-    owners = np.repeat(np.arange(len(x)), k)
-    channels = np.tile(np.arange(k), len(x))
-    scores = np.empty(len(owners), dtype=np.float64)
+    scores = np.empty((len(x), k), dtype=np.float64)
+    # A constant channel's mask is all zeros, so its masked image is the zero image whatever the
+    # image: one forward pass scores every such channel of every image.
+    constant = activations.max(axis=(2, 3)) == activations.min(axis=(2, 3))
+    if constant.any():
+        zero_logits = backend.forward(np.zeros((1,) + x.shape[1:], dtype=x.dtype)).logits[0]
+        scores[constant] = zero_logits[np.broadcast_to(classes[:, None], constant.shape)[constant]]
+    owners, channels = np.nonzero(~constant)
     with progress.task("scorecam", len(owners)) as advance:
         for sl in _batches(len(owners), batch):
             n, c = owners[sl], channels[sl]
             masks = cam_ops.normalize_masks(resize_bilinear(activations[n, c], x.shape[2:]))  # (B, H, W)
-            scores[sl] = pick(backend.forward(x[n] * masks[:, None]).logits, classes[n])
+            scores[n, c] = pick(backend.forward(x[n] * masks[:, None]).logits, classes[n])
             advance(sl.stop - sl.start)
-    beta = cam_ops.softmax(scores.reshape(len(x), k), axis=1)
+    beta = cam_ops.softmax(scores, axis=1)
     maps = resize_bilinear(cam_ops.weighted_sum(activations, beta), x.shape[2:])
     return Explanation("scorecam", maps, classes, logits, layer=name)
 

@@ -1,0 +1,85 @@
+"""The rows of the table: for one workload, backend and device, each method as cnnlens runs it,
+the floor it is measured against and the peers that compute the same thing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .workloads import Workload
+
+#: How a floor is made: ("forward", None) forward passes only; ("input", None) forward and backward
+#: to the input; ("layers", names) forward and backward to those layers' outputs.
+FloorKind = Tuple[str, Optional[Tuple[str, ...]]]
+
+
+@dataclass
+class Case:
+    """One row: ``ours()`` explains ``images`` images; the floor is ``passes`` images' worth of ``floor``."""
+
+    method: str                    # the row's label, e.g. "gradcam" or "gradcam (10 layers)"
+    explain: str                   # the cnnlens method name
+    images: int
+    ours: Callable[[Any], Any]     # called with the model or backend to explain
+    floor: FloorKind
+    passes: int                    # images through the model that the floor charges
+    peer_method: Optional[str] = None
+    peer_settings: Dict[str, Any] = field(default_factory=dict)
+    peer_images: int = 0
+
+
+def _explain(x: np.ndarray, targets: List[int], method: str, layer: Any = None, **options: Any) -> Callable[[Any], Any]:
+    import cnnlens
+
+    def run(model: Any) -> Any:
+        return cnnlens.explain(model, x, method, target=targets, layer=layer, **options)
+    return run
+
+
+def positions(size: int, window: int, stride: int) -> int:
+    """Occlusion windows along one axis of ``size`` pixels (the last one flush with the edge)."""
+    return len(range(0, size - window + 1, stride)) + (1 if (size - window) % stride else 0)
+
+
+def cases(w: Workload, backend: str, capabilities: frozenset, channels: int, batch: Dict[str, int]) -> List[Case]:
+    """Every row this backend can run on this workload. ``channels``: channels at ``w.layer``;
+    ``batch``: the batch sizes cnnlens picks for forward and backward passes."""
+    x, t = w.images, w.targets
+    n = len(x)
+    size = x.shape[2]
+    rows: List[Case] = []
+    gradients = "input_gradients" in capabilities
+    if gradients:
+        rows.append(Case("saliency", "saliency", n, _explain(x, t, "saliency"), ("input", None), n, "saliency"))
+    if "relu_rules" in capabilities:
+        rows.append(Case("guided_backprop", "guided_backprop", n, _explain(x, t, "guided_backprop"),
+                         ("input", None), n, "guided_backprop"))
+    if gradients:
+        s = w.smoothgrad["samples"]
+        rows.append(Case("smoothgrad", "smoothgrad", n, _explain(x, t, "smoothgrad", **w.smoothgrad),
+                         ("input", None), n * s, "smoothgrad", dict(w.smoothgrad, batch=batch["backward"])))
+    if "layer_gradients" in capabilities:
+        rows.append(Case("gradcam", "gradcam", n, _explain(x, t, "gradcam", w.layer), ("layers", (w.layer,)), n, "gradcam"))
+        shallow = w.ten_layers[0]
+        rows.append(Case(f"gradcam (1 layer: {shallow})", "gradcam", n, _explain(x, t, "gradcam", shallow),
+                         ("layers", (shallow,)), n))
+        rows.append(Case("gradcam (10 layers)", "gradcam", n, _explain(x, t, "gradcam", list(w.ten_layers)),
+                         ("layers", tuple(w.ten_layers)), n))
+    if "relu_rules" in capabilities and "layer_gradients" in capabilities:
+        rows.append(Case("guided_gradcam", "guided_gradcam", n, _explain(x, t, "guided_gradcam", w.layer),
+                         ("input", None), n, "guided_gradcam"))
+    if "linear_head" in capabilities:
+        rows.append(Case("cam", "cam", n, _explain(x, t, "cam"), ("forward", None), n))
+    if "activations" in capabilities:
+        rows.append(Case("feature_maps", "feature_maps", n, _explain(x, t, "feature_maps", w.layer), ("forward", None), n))
+    if "activations" in capabilities and w.scorecam_images:
+        m = w.scorecam_images
+        rows.append(Case("scorecam", "scorecam", m, _explain(x[:m], t[:m], "scorecam", w.layer), ("forward", None),
+                         m * (channels + 1), "scorecam", dict(batch=batch["forward"]), m))
+    m = w.occlusion_images
+    p = positions(size, w.occlusion["window"], w.occlusion["stride"]) ** 2
+    rows.append(Case("occlusion", "occlusion", m, _explain(x[:m], t[:m], "occlusion", **w.occlusion), ("forward", None),
+                     m * (p + 1), "occlusion", dict(w.occlusion), m))
+    return rows

@@ -1,0 +1,120 @@
+"""What is measured: the models, their inputs and each method's settings, for --quick and full runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+
+@dataclass
+class Workload:
+    """One model at one input size, with the settings every implementation gets."""
+
+    name: str
+    model: Any                     # torch.nn.Module in eval mode, on its device
+    images: np.ndarray             # (N, C, H, W) float32
+    targets: List[int]             # the class explained per image (the model's prediction)
+    layer: str                     # the CAM layer (module path)
+    ten_layers: List[str]          # ten spatial layers, shallow to deep, for multi-layer Grad-CAM
+    occlusion: Dict[str, int]      # window, stride
+    occlusion_images: int
+    smoothgrad: Dict[str, Any]     # samples, noise
+    scorecam_images: int           # 0 skips Score-CAM on this workload
+    repeats: int
+    budget: float                  # seconds of repeats per implementation before stopping early
+    onnx: Optional[bytes] = None   # the model exported to ONNX (None when export is unavailable)
+    notes: List[str] = field(default_factory=list)
+
+
+def spread(names: List[str], count: int) -> List[str]:
+    """``count`` names evenly spaced over ``names``, always ending with the last."""
+    if len(names) <= count:
+        return list(names)
+    if count == 1:
+        return [names[-1]]
+    picks = np.linspace(0, len(names) - 1, count).round().astype(int)
+    return [names[i] for i in picks]
+
+
+def _images(n: int, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 3, size, size), dtype=np.float32)
+
+
+def _predictions(model: Any, x: np.ndarray, device: str) -> List[int]:
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.from_numpy(x).to(device)).argmax(1).tolist()
+
+
+def _ten_layers(model: Any, size: int) -> List[str]:
+    import cnnlens
+
+    spatial = [layer.name for layer in cnnlens.layers(model, (3, size, size)) if layer.spatial]
+    leaves = [n for n in spatial if not any(other.startswith(n + ".") for other in spatial)]
+    return spread(leaves, 10)  # leaves, so the first is the shallowest (a container is called before its children)
+
+
+def _export(model: Any, size: int, device: str) -> Optional[bytes]:
+    import copy
+    import io
+    import warnings
+
+    import torch
+
+    buffer = io.BytesIO()
+    cpu_model = copy.deepcopy(model).to("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(cpu_model, torch.zeros(1, 3, size, size), buffer, dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          do_constant_folding=True)
+    return buffer.getvalue()
+
+
+def resnet50(quick: bool, device: str) -> Workload:
+    """torchvision's ResNet-50 with seeded random weights at 224 x 224."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval().to(device)
+    gpu = device.startswith("cuda")
+    n = (16 if gpu else 2) if quick else (64 if gpu else 8)
+    x = _images(n, 224, seed=1)
+    return Workload(
+        name="resnet50", model=model, images=x, targets=_predictions(model, x, device), layer="layer4",
+        ten_layers=_ten_layers(model, 224),
+        occlusion=dict(window=56, stride=28) if quick and not gpu else dict(window=32, stride=16),
+        occlusion_images=(4 if gpu else 1) if quick else (16 if gpu else 2),
+        smoothgrad=dict(samples=8 if quick else 16, noise=0.15),
+        scorecam_images=(4 if gpu else 0) if quick else (16 if gpu else 1),
+        repeats=3 if quick else 5, budget=8.0 if quick else 60.0, onnx=_export(model, 224, device),
+    )
+
+
+def small(quick: bool, device: str) -> Workload:
+    """The demo's DenseNet (cnnlens.adapters.demo_model) with seeded random weights at 64 x 64."""
+    from cnnlens.adapters.demo_model import build_model
+
+    model = build_model(seed=0).eval().to(device)
+    gpu = device.startswith("cuda")
+    n = 64 if quick else 256
+    x = _images(n, 64, seed=2)
+    return Workload(
+        name="densenet-small", model=model, images=x, targets=_predictions(model, x, device),
+        # not "features": DenseNet applies an in-place F.relu to that output, which the peers' hooks see
+        # (they keep the tensor without copying), so they would explain a different tensor than cnnlens
+        layer="features.denseblock2",
+        ten_layers=_ten_layers(model, 64), occlusion=dict(window=8, stride=4),
+        occlusion_images=(64 if gpu else 8) if quick else (256 if gpu else 32),
+        smoothgrad=dict(samples=8 if quick else 16, noise=0.15),
+        scorecam_images=(64 if gpu else 16) if quick else (256 if gpu else 64),
+        repeats=3 if quick else 5, budget=8.0 if quick else 30.0, onnx=_export(model, 64, device),
+    )
+
+
+WORKLOADS = {"resnet50": resnet50, "small": small}
