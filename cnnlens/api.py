@@ -15,16 +15,21 @@ from .core.targets import Target
 from .core.types import Explanation, Layer
 
 
-def load(source: Any, device: Optional[str] = None) -> Backend:
+def load(source: Any, device: Optional[str] = None, *, output: Union[None, int, str] = None,
+         trust_pickle: bool = False) -> Backend:
     """A model ready to explain.
 
     ``source``: an ``nn.Module`` or ScriptModule (``device`` moves it there; by default its own
     device is used), an ``onnx.ModelProto`` or its serialized bytes, or a path to an ``.onnx``
-    file or a TorchScript file (``torch.jit.save``; pickled models are never unpickled). For
-    ONNX, ``device`` is "cpu", "cuda" or "cuda:N"; by default CUDA when onnxruntime-gpu and a
-    GPU are there. Returns the backend driving the model; every cnnlens function accepts it.
+    file or a TorchScript file (``torch.jit.save``). For ONNX, ``device`` is "cpu", "cuda" or
+    "cuda:N"; by default CUDA when onnxruntime-gpu and a GPU are there.
+    ``output``: for a model with several outputs (a tuple, a dict, several ONNX outputs), the one
+    holding the class scores, as an index or a key / output name (default: the first tensor).
+    ``trust_pickle``: a pickled ``torch.save`` model file is unpickled only when this is True,
+    because unpickling runs whatever code the file holds. Returns the backend driving the
+    model; every cnnlens function accepts it.
     """
-    return backend_for(source, device=device)
+    return backend_for(source, device=device, output=output, trust_pickle=trust_pickle)
 
 
 def _as_numpy(x: Any) -> Any:

@@ -36,12 +36,15 @@ METHOD_OPTIONS = {
 # ---------------------------------------------------------------- models and images
 
 
-def load_model(spec: str, device: Optional[str] = None) -> Any:
-    """MODEL from the command line: a file path, or ``module:attr``."""
+def load_model(spec: str, device: Optional[str] = None, args: Optional[argparse.Namespace] = None) -> Any:
+    """MODEL from the command line: a file path, or ``module:attr``; ``args`` may carry
+    ``--output`` and ``--trust-pickle``."""
     import cnnlens
 
+    output = _output_choice(getattr(args, "output", None))
+    trust = bool(getattr(args, "trust_pickle", False))
     if os.path.exists(spec) or spec.lower().endswith((".onnx", ".pt", ".pth", ".ts", ".jit")):
-        return cnnlens.load(spec, device=device)
+        return cnnlens.load(spec, device=device, output=output, trust_pickle=trust)
     if ":" not in spec:
         raise ModelError(
             f"MODEL {spec!r} is neither a file nor module:attr: give an .onnx file, a TorchScript file, "
@@ -68,7 +71,14 @@ def load_model(spec: str, device: Optional[str] = None) -> Any:
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(obj, torch.nn.Module):
         raise ModelError(f"{spec} gave a {type(obj).__name__}, not a torch.nn.Module")
-    return cnnlens.load(obj, device=device)
+    return cnnlens.load(obj, device=device, output=output)
+
+
+def _output_choice(value: Optional[str]) -> Any:
+    """``--output``: an index when it is a number, else a key or output name."""
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
 
 
 def _input_geometry(backend: Any, args: argparse.Namespace):
@@ -122,7 +132,7 @@ def _layer_arg(args: argparse.Namespace, method: str):
 def cmd_layers(args: argparse.Namespace) -> int:
     import cnnlens
 
-    backend = load_model(args.model, args.device)
+    backend = load_model(args.model, args.device, args)
     shape = tuple(args.input_shape) if args.input_shape else None
     rows = [(str(i), l.name, l.kind, "?" if l.shape is None else "x".join("N" if d is None else str(d) for d in l.shape))
             for i, l in enumerate(cnnlens.layers(backend, shape))]
@@ -138,7 +148,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import cnnlens
     from .adapters import render
 
-    backend = load_model(args.model, args.device)
+    backend = load_model(args.model, args.device, args)
     x, display = _prepare(backend, args.images, args)
     methods = _methods(args.method, backend)
     os.makedirs(args.out, exist_ok=True)
@@ -162,8 +172,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import cnnlens
 
-    a = load_model(args.model_a, args.device)
-    b = load_model(args.model_b, args.device)
+    a = load_model(args.model_a, args.device, args)
+    b = load_model(args.model_b, args.device, args)
     from .adapters.images import input_size
 
     x, _ = _prepare(a if input_size(a) or not input_size(b) else b, args.images, args)  # the one that knows its size
@@ -183,7 +193,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .adapters.report import write_report
 
-    backend = load_model(args.model, args.device)
+    backend = load_model(args.model, args.device, args)
     x, display = _prepare(backend, args.images, args)
     labels = None
     if args.labels:
@@ -224,15 +234,31 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
 
 
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", metavar="KEY", help="for a model with several outputs: the one holding the class "
+                   "scores (an index, a dict key or an ONNX output name; default: the first)")
+    p.add_argument("--trust-pickle", action="store_true", help="unpickle a torch.save model file (unpickling runs "
+                   "the file's code: only for files you trust)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with cnnlens's error format: one ``error:`` line (and ``--help`` for usage), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnnlens", description="See what convolutional image classifiers look at.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="cnnlens", description="See what convolutional image classifiers look at.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("layers", help="print a model's layers as a table")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="for torch models (3 224 224)")
     p.add_argument("--device")
+    _add_model_options(p)
     p.set_defaults(run=cmd_layers)
 
     p = sub.add_parser("explain", help="explain images, one PNG per image and method")
@@ -242,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-maps", action="store_true", help="also write the raw maps as .npy")
     _add_method_options(p)
     _add_preprocessing(p)
+    _add_model_options(p)
     p.set_defaults(run=cmd_explain)
 
     p = sub.add_parser("compare", help="compare two models' explanations (e.g. a module and its ONNX export)")
@@ -250,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", metavar="IMAGE", nargs="+")
     _add_method_options(p)
     _add_preprocessing(p)
+    _add_model_options(p)
     p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("report", help="one self-contained HTML report")
@@ -260,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title")
     p.add_argument("--method", "-m", action="append", metavar="M", help="methods to show (all it supports)")
     _add_preprocessing(p)
+    _add_model_options(p)
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("demo", help="train a DenseNet on synthetic shapes and explain it with every method")
@@ -272,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2, already printed as one line)
+        return int(stop.code or 0)
     from .adapters.progress import terminal_bars
 
     try:

@@ -356,9 +356,9 @@ def test_update_readme_replaces_only_the_section(tmp_path):
                                   "results/cpu-2core.md -->\nMachine: x.\n\n| t |\n|---|\n" + end + after)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]     # no .tmp left
     # a second update replaces the first one's block, not appends
-    results.update_readme(str(readme), "# title\n\nnew body\n", "nvidia-h200")
+    results.update_readme(str(readme), "# title\n\nnew body\n\n## Targets\n\nt\n", "nvidia-h200")
     assert readme.read_text() == (before + start + "\n<!-- written by benchmarks/run.py --update-readme from "
-                                  "results/nvidia-h200.md -->\nnew body\n" + end + after)
+                                  "results/nvidia-h200.md -->\nnew body\n\n### Targets\n\nt\n" + end + after)
 
 
 @pytest.mark.parametrize("content", ["no markers\n", "<!-- bench:start -->\nonly the start\n",

@@ -4,7 +4,7 @@ TorchScript (traced or scripted, from a file or as a ScriptModule object) runs t
 backend with what TorchScript allows: saliency, smoothgrad and occlusion give the same maps as the
 original module, filters are the conv weights and the layers are the submodules; the methods that
 need hooks or ReLU rules raise UnsupportedError naming the ones that work. Files that are not
-TorchScript archives (a pickled model above all) are refused with ModelError and never unpickled.
+TorchScript archives are refused with ModelError; a pickled model is never unpickled unless trusted.
 
 ``to_onnx`` (legacy and dynamo exporters) writes a batch-dynamic file whose logits onnxruntime
 reproduces, keeps BatchNorm separate from the convolutions (so filters are the torch weights),
@@ -305,11 +305,11 @@ def test_pickled_model_is_refused_and_never_unpickled(tmp_path):
     path = tmp_path / "m.pt"
     torch.save({"model": scriptable_cnn(0), "trap": Trap(str(marker))}, str(path))
     assert zipfile.is_zipfile(path)
-    with pytest.raises(cnnlens.ModelError, match="never unpickled") as info:
+    with pytest.raises(cnnlens.ModelError, match="pickled PyTorch file.*trust_pickle=True") as info:
         cnnlens.load(str(path))
     assert "torch.save" in str(info.value)
     assert not marker.exists()
-    with pytest.raises(cnnlens.ModelError, match="never unpickled"):
+    with pytest.raises(cnnlens.ModelError, match="pickled PyTorch file"):
         cnnlens.explain(str(path), images(1, 3, 8, 8, 0), "saliency")
     assert not marker.exists()
     # the trap works: a real unpickle would have created the marker
@@ -320,7 +320,7 @@ def test_pickled_model_is_refused_and_never_unpickled(tmp_path):
 def test_pickled_whole_model_is_refused(tmp_path):
     path = tmp_path / "m.pt"
     torch.save(scriptable_cnn(0), str(path))
-    with pytest.raises(cnnlens.ModelError, match="never unpickled"):
+    with pytest.raises(cnnlens.ModelError, match="pickled PyTorch file.*trust_pickle=True"):
         cnnlens.load(str(path))
 
 
@@ -328,7 +328,7 @@ def test_plain_pickle_named_pt_is_refused(tmp_path):
     marker = tmp_path / "unpickled.txt"
     path = tmp_path / "m.pth"
     path.write_bytes(pickle.dumps(Trap(str(marker))))
-    with pytest.raises(cnnlens.ModelError, match="not a TorchScript"):
+    with pytest.raises(cnnlens.ModelError, match="pickled PyTorch file.*trust_pickle=True"):
         cnnlens.load(str(path))
     assert not marker.exists()
 

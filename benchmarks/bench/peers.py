@@ -61,8 +61,11 @@ def captum(method: str, model: Any, x: Any, targets: Any, layer: str, settings: 
     if method == "smoothgrad":
         nt = attr.NoiseTunnel(attr.Saliency(model))
         spread = float(settings["noise"] * (x.max() - x.min()))
+        # Captum passes all images with nt_samples_batch_size samples each at once: as close to
+        # cnnlens's batch as that allows
+        per_pass = max(1, settings["batch"] // len(x))
         return lambda: nt.attribute(x, nt_type="smoothgrad", nt_samples=settings["samples"],
-                                    nt_samples_batch_size=settings["batch"], stdevs=spread, target=targets, abs=False)
+                                    nt_samples_batch_size=per_pass, stdevs=spread, target=targets, abs=False)
     if method == "occlusion":
         occ = attr.Occlusion(model)
         c, w, s = x.shape[1], settings["window"], settings["stride"]

@@ -185,7 +185,7 @@ def update_readme(readme: str, text: str, machine: str) -> None:
         content = f.read()
     if start not in content or end not in content or content.index(start) > content.index(end):
         raise SystemExit(f"{readme} has no {start} ... {end} section to update")
-    body = text.split("\n", 2)[2]  # drop the title line
+    body = text.split("\n", 2)[2].replace("\n## ", "\n### ")  # drop the title line; headings one level down
     block = f"{start}\n<!-- written by benchmarks/run.py --update-readme from results/{machine}.md -->\n{body.strip()}\n{end}"
     before, rest = content.split(start, 1)
     after = rest.split(end, 1)[1]

@@ -168,7 +168,8 @@ def _stats(values: Stats, channels: int, what: str) -> np.ndarray:
     if array.size == 1:
         array = np.repeat(array, channels)
     if array.size != channels:
-        raise InvalidInputError(f"{what} has {array.size} values but the model takes {channels} channels")
+        raise InvalidInputError(f"{what} has {array.size} values but the model takes {channels} channels: "
+                                f"give one value per channel, or a single value for all")
     if what == "std" and np.any(array == 0):
         raise InvalidInputError(f"std must not contain zeros, got {values!r}")
     return array.reshape(1, channels, 1, 1)

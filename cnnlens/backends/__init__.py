@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 import zipfile
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..core.errors import ModelError
 from .base import Backend
@@ -23,63 +23,114 @@ def _is_backend(model: Any) -> bool:
     return hasattr(model, "capabilities") and hasattr(model, "forward") and hasattr(model, "resolve_layer")
 
 
-def backend_for(model: Any, device: Optional[str] = None) -> Backend:
+def backend_for(model: Any, device: Optional[str] = None, output: Union[None, int, str] = None,
+                trust_pickle: bool = False) -> Backend:
     """The backend driving ``model``: a loaded backend, an ``nn.Module`` / ScriptModule, an
-    ``onnx.ModelProto``, ONNX bytes, or a path to an ``.onnx`` or TorchScript file."""
+    ``onnx.ModelProto``, ONNX bytes, or a path to an ``.onnx`` or TorchScript file (or, with
+    ``trust_pickle``, a pickled ``torch.save`` model). ``output`` picks which of several model
+    outputs holds the class scores (an index, or a dict key / ONNX output name)."""
     if _is_backend(model):
-        if device is not None:
-            return backend_for(getattr(model, "model"), device)
+        if device is not None or output is not None:
+            return backend_for(getattr(model, "model"), device, output)
         return model
     torch = _module("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         from .torch import TorchBackend
 
-        return TorchBackend(model, device=device)
+        return TorchBackend(model, device=device, output=output)
     onnx = _module("onnx")
     if onnx is not None and isinstance(model, onnx.ModelProto):
-        return _onnx(model, device)
+        return _onnx(model, device, output)
     if isinstance(model, (bytes, bytearray, memoryview)):
-        return _onnx(model, device)
+        return _onnx(model, device, output)
     if isinstance(model, (str, os.PathLike)):
-        return _from_path(os.fspath(model), device)
+        return _from_path(os.fspath(model), device, output, trust_pickle)
     raise ModelError(
         f"cannot explain an object of type {type(model).__module__}.{type(model).__qualname__}: pass a "
         f"torch.nn.Module, an onnx.ModelProto, or a path to an .onnx or TorchScript file (cnnlens.load(...))"
     )
 
 
-def _onnx(source: Any, device: Optional[str]) -> Backend:
+def _onnx(source: Any, device: Optional[str], output: Union[None, int, str] = None) -> Backend:
     try:
         from .onnx import OnnxBackend, read_model
     except ImportError as error:
         raise ModelError(f"reading ONNX models needs onnx and onnxruntime ({error}): pip install 'cnnlens[onnx]'") from None
-    return OnnxBackend(read_model(source), device=device)
+    return OnnxBackend(read_model(source), device=device, output=output)
 
 
-def _from_path(path: str, device: Optional[str]) -> Backend:
+def _from_path(path: str, device: Optional[str], output: Union[None, int, str], trust_pickle: bool) -> Backend:
     if not os.path.exists(path):
-        raise ModelError(f"no such model file: {path}")
+        raise ModelError(f"no such model file: {path}: check the path, and give an .onnx file, a TorchScript "
+                         f"file, or (command line) module:attr naming a function that returns an nn.Module")
     if os.path.isdir(path):
-        raise ModelError(f"{path} is a folder, not a model file")
+        raise ModelError(f"{path} is a folder, not a model file: give the path of the model file inside it")
     if os.path.getsize(path) == 0:
         raise ModelError(f"{path} is empty: export the model again")
     if path.lower().endswith(".onnx"):
-        return _onnx(path, device)
+        return _onnx(path, device, output)
+    if _is_pickle(path):
+        if not trust_pickle:
+            raise ModelError(
+                f"{path} is a pickled PyTorch file (torch.save). Unpickling runs whatever code the file "
+                f"contains, so cnnlens does it only when you say you trust the file: "
+                f"cnnlens.load(path, trust_pickle=True) (command line: --trust-pickle). Safer: save the model "
+                f"with cnnlens.adapters.export.to_torchscript or to_onnx"
+            )
+        return _pickled(path, device, output)
     if zipfile.is_zipfile(path):
-        return _torchscript(path, device)
+        return _torchscript(path, device, output)
     if path.lower().endswith(_TORCHSCRIPT_SUFFIXES):
         raise ModelError(
             f"{path} is not a TorchScript archive (a torch.jit.save zip file): export it with "
             f"cnnlens.adapters.export.to_torchscript, or load the module in Python and pass it to cnnlens"
         )
-    return _onnx(path, device)
+    return _onnx(path, device, output)
 
 
-def _torchscript(path: str, device: Optional[str]) -> Backend:
+def _is_pickle(path: str) -> bool:
+    """A ``torch.save`` file: a zip holding ``data.pkl`` but no TorchScript code, or a bare pickle."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return False
+        has_data = any(n.endswith("/data.pkl") or n == "data.pkl" for n in names)
+        has_code = any("/code/" in n or n.startswith("code/") for n in names)
+        return has_data and not has_code
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"  # the pickle protocol opcode
+
+
+def _torch_module():
     try:
         import torch
     except ImportError as error:
-        raise ModelError(f"TorchScript models need torch ({error}): pip install 'cnnlens[torch]'") from None
+        raise ModelError(f"PyTorch model files need torch ({error}): pip install 'cnnlens[torch]'") from None
+    return torch
+
+
+def _pickled(path: str, device: Optional[str], output: Union[None, int, str]) -> Backend:
+    torch = _torch_module()
+    from .torch import TorchBackend
+
+    try:
+        obj = torch.load(path, map_location=device or "cpu", weights_only=False)
+    except Exception as error:
+        raise ModelError(f"{path} could not be unpickled ({type(error).__name__}: {error})") from None
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(
+            f"{path} holds weights (a state_dict), not a model: build the model in Python, call "
+            f"model.load_state_dict(torch.load(path)) and pass the module"
+        )
+    if not isinstance(obj, torch.nn.Module):
+        raise ModelError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
+    return TorchBackend(obj, device=device, output=output)
+
+
+def _torchscript(path: str, device: Optional[str], output: Union[None, int, str] = None) -> Backend:
+    torch = _torch_module()
     from .torch import TorchBackend
 
     try:
@@ -89,7 +140,7 @@ def _torchscript(path: str, device: Optional[str]) -> Backend:
     except Exception as error:
         raise ModelError(
             f"{path} is not a TorchScript file torch.jit.load can read ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}). A pickled model (torch.save) is never "
-            f"unpickled by cnnlens: load it in Python yourself and pass the module"
+            f"{str(error).splitlines()[0] if str(error) else ''}). Export it again with "
+            f"cnnlens.adapters.export.to_torchscript"
         ) from None
-    return TorchBackend(module, device=device)
+    return TorchBackend(module, device=device, output=output)

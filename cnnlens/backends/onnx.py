@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -24,6 +24,9 @@ from ._onnx_graph import Graph, attribute, inferred_shapes, node_name, shape_of
 _CAPABILITIES = frozenset({base.FORWARD, base.ACTIVATIONS, base.WEIGHTS, base.LINEAR_HEAD})
 _PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "Unsqueeze"}
 _SCORE_OPS = {"Softmax", "LogSoftmax"}
+#: Sessions with extra outputs (and shape tables) kept per backend: enough for a method's calls,
+#: bounded for a process that browses many layers.
+_SESSIONS_KEPT = 8
 
 
 def _choose_providers(device: Optional[str]) -> Tuple[List, str]:
@@ -47,6 +50,21 @@ def _choose_providers(device: Optional[str]) -> Tuple[List, str]:
     return ["CPUExecutionProvider"], "cpu"
 
 
+def _choose_output(names: List[str], choice: Union[None, int, str]) -> str:
+    """The graph output holding the class scores: ``choice`` (a name or an index), else the first."""
+    if choice is None:
+        if len(names) > 1:
+            warnings.warn(f"the model has {len(names)} outputs ({', '.join(names)}); cnnlens explains the first, "
+                          f"{names[0]!r}. To explain another: cnnlens.load(path, output=NAME) (command line: --output)",
+                          UserWarning, stacklevel=4)
+        return names[0]
+    if isinstance(choice, int) and not isinstance(choice, bool) and -len(names) <= choice < len(names):
+        return names[choice]
+    if choice in names:
+        return str(choice)
+    raise ModelError(f"the model has no output {choice!r}: its outputs are {', '.join(names)} (give a name or an index)")
+
+
 def session_options() -> ort.SessionOptions:
     """Quiet sessions whose idle threads do not spin: a backend keeps several sessions (one per set
     of extra outputs), and a spinning one steals the cores from the next (measured: two
@@ -63,7 +81,8 @@ class OnnxBackend:
     name = "onnx"
     capabilities: FrozenSet[str] = _CAPABILITIES
 
-    def __init__(self, model: onnx.ModelProto, device: Optional[str] = None, io_binding: Optional[bool] = None):
+    def __init__(self, model: onnx.ModelProto, device: Optional[str] = None, io_binding: Optional[bool] = None,
+                 output: Union[None, int, str] = None):
         self.graph = Graph(model)
         self.model = model
         self._providers, self.requested = _choose_providers(device)
@@ -79,7 +98,7 @@ class OnnxBackend:
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
             for d in self.graph.input.type.tensor_type.shape.dim
         )
-        self.output_name = self.graph.output_names[0]
+        self.output_name = _choose_output(self.graph.output_names, output)
         self._io_binding = io_binding
         session = self._session(frozenset())  # fail early, and learn the provider actually used
         self.providers: List[str] = session.get_providers()
@@ -115,6 +134,9 @@ class OnnxBackend:
                                                providers=self._providers)
             except Exception as error:
                 raise ModelError(f"onnxruntime cannot run this model: {error}") from None
+            stale = [key for key in self._sessions if key]
+            if len(stale) >= _SESSIONS_KEPT:  # one per set of extra outputs: keep the latest few
+                del self._sessions[stale[0]]
             self._sessions[extra] = session
             return session
 
@@ -178,6 +200,8 @@ class OnnxBackend:
     def _shape_table(self, input_shape: Optional[Tuple[int, ...]]) -> Dict[str, Tuple[Optional[int], ...]]:
         key = tuple(int(v) for v in input_shape) if input_shape is not None else ()
         if key not in self._shapes:
+            if len(self._shapes) >= _SESSIONS_KEPT:
+                self._shapes.pop(next(iter(self._shapes)))
             self._shapes[key] = inferred_shapes(self.model, key or None)
         return self._shapes[key]
 
@@ -283,7 +307,8 @@ class OnnxBackend:
             if isinstance(want, int) and want > 0 and want != got:
                 raise InvalidInputError(
                     f"the model takes inputs of shape {expected} (axis {axis} must be {want}), got images of "
-                    f"shape {x.shape}: resize or crop them to the model's input size"
+                    f"shape {x.shape}: "
+                    + (f"convert them to {want} channels" if axis == 1 else "resize or crop them to the model's input size")
                 )
 
     def forward(self, x: np.ndarray, layers: Sequence[str] = ()) -> Pass:
@@ -364,7 +389,9 @@ def _scores(output: np.ndarray) -> np.ndarray:
         output = output.reshape(output.shape[:2])
     if output.ndim != 2:
         raise ModelError(
-            f"the model's first output has shape {output.shape}, not (N, classes): cnnlens explains classifiers"
+            f"the model's output has shape {output.shape}, not (N, classes): cnnlens explains classifiers. Wrap "
+            f"the model so that it returns one row of class scores per image and export it again, or choose "
+            f"another output with cnnlens.load(path, output=NAME)"
         )
     return output
 

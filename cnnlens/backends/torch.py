@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ _GPU_MAX_BATCH = 256
 #: again and again traces once). Keyed weakly: the cache never keeps a model alive.
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple, Tuple[List[Layer], List[str]]]]" = weakref.WeakKeyDictionary()
 _TRACES_LOCK = threading.Lock()
+_TRACES_PER_MODEL = 16
 #: Models that failed on channels-last input (so later backends on them start contiguous).
 _NEEDS_CONTIGUOUS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
@@ -82,26 +84,63 @@ def evaluating(model: nn.Module):
     return _EvalState.evaluating(model)
 
 
-def _first_tensor(output: Any) -> torch.Tensor:
-    """The model's scores: the output itself, or the first tensor of a tuple, list or dict."""
+#: Models whose several outputs were explained by their first tensor, already warned about.
+_WARNED_OUTPUTS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def _output_entries(output: Any) -> List[Tuple[str, Any]]:
+    """(label, value) for each entry of a tuple, list, dict or output object."""
+    if isinstance(output, dict):
+        return [(repr(k), v) for k, v in output.items()]
+    if isinstance(output, (tuple, list)):
+        return [(str(i), v) for i, v in enumerate(output)]
+    return [("logits", getattr(output, "logits", None))]
+
+
+def _scores(output: Any, choice: Union[None, int, str], model: nn.Module) -> torch.Tensor:
+    """The class scores in the model's output: the output itself, the entry ``choice`` names (an
+    index or a key) of a tuple, list or dict, or by default its first tensor."""
     if isinstance(output, torch.Tensor):
         scores = output
+    elif choice is not None:
+        try:
+            scores = output[choice] if isinstance(output, (dict, tuple, list)) else getattr(output, str(choice))
+        except (KeyError, IndexError, TypeError, AttributeError):
+            entries = ", ".join(label for label, _ in _output_entries(output))
+            raise ModelError(f"the model's output has no entry {choice!r} (it has: {entries}): choose one of those "
+                             f"with output=...") from None
+        if not isinstance(scores, torch.Tensor):
+            raise ModelError(f"the model's output entry {choice!r} is a {type(scores).__name__}, not a tensor")
     else:
-        values = list(output.values()) if isinstance(output, dict) else (
-            list(output) if isinstance(output, (tuple, list)) else [getattr(output, "logits", None)])
-        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        tensors = [(label, v) for label, v in _output_entries(output) if isinstance(v, torch.Tensor)]
         if not tensors:
             raise ModelError(
                 f"the model returned {type(output).__name__} with no tensor in it: cnnlens explains a "
                 f"model that returns class scores (N, classes); wrap it in a module that returns them"
             )
-        scores = tensors[0]
+        label, scores = tensors[0]
+        if len(tensors) > 1 and _first_warning(model):
+            warnings.warn(
+                f"the model returns a {type(output).__name__} of {len(tensors)} tensors; cnnlens explains the "
+                f"first, {label} (shape {tuple(scores.shape)}). To explain another, load the model with "
+                f"cnnlens.load(model, output=KEY_OR_INDEX) (command line: --output)", UserWarning, stacklevel=2)
     if scores.ndim != 2:
         raise ModelError(
             f"the model's output has shape {tuple(scores.shape)}, not (N, classes): wrap the model in a "
             f"module that returns one row of class scores per image"
+            + ("" if isinstance(output, torch.Tensor) else ", or choose another output with output=...")
         )
     return scores
+
+
+def _first_warning(model: nn.Module) -> bool:
+    try:
+        if model in _WARNED_OUTPUTS:
+            return False
+        _WARNED_OUTPUTS.add(model)
+    except TypeError:
+        pass
+    return True
 
 
 class _Capture:
@@ -182,10 +221,12 @@ def _to_host(tensors: Sequence[torch.Tensor]) -> List[np.ndarray]:
 class TorchBackend:
     """An ``nn.Module`` behind the Backend protocol (see ``backends/base.py``)."""
 
-    def __init__(self, model: nn.Module, device: Optional[str] = None):
+    def __init__(self, model: nn.Module, device: Optional[str] = None, output: Union[None, int, str] = None):
         if not isinstance(model, nn.Module):
             raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        #: which entry of a tuple / dict output holds the class scores (None: the first tensor)
+        self.output = output
         self.scripted = isinstance(model, torch.jit.ScriptModule)
         self.name = "torchscript" if self.scripted else "torch"
         self.capabilities = _SCRIPT_CAPABILITIES if self.scripted else _CAPABILITIES
@@ -292,6 +333,8 @@ class TorchBackend:
             order[n] = i
         completion = sorted(order, key=order.__getitem__)
         with _TRACES_LOCK:
+            while len(traces) >= _TRACES_PER_MODEL:  # a service seeing many image sizes stays bounded
+                traces.pop(next(iter(traces)))
             traces[cache_key] = (layers, completion)
         return layers, completion
 
@@ -378,9 +421,19 @@ class TorchBackend:
 
     def forward(self, x: np.ndarray, layers: Sequence[str] = ()) -> Pass:
         with self._call(layers, grad=False) as capture, torch.no_grad():
-            logits = _first_tensor(self._run(self._input(x)))
+            logits = self._scores(self._run(self._input(x)))
             host = _to_host([logits] + [capture.get(n) for n in layers])
             return Pass(host[0], activations=dict(zip(layers, host[1:])))
+
+    def _input_hint(self, x: torch.Tensor) -> str:
+        """What to check when the model rejects the images."""
+        channels = self._guess_input_shape()[1]
+        if x.ndim == 4 and x.shape[1] != channels:
+            return f"Its first convolution takes {channels} channels, the images have {x.shape[1]}: convert them"
+        return "Check that the images have the size, channels and preprocessing the model expects"
+
+    def _scores(self, output: Any) -> torch.Tensor:
+        return _scores(output, self.output, self.model)
 
     def _run(self, x: torch.Tensor) -> Any:
         try:
@@ -401,7 +454,7 @@ class TorchBackend:
                     _NEEDS_CONTIGUOUS.add(self.model)
                 return output
             raise InvalidInputError(
-                f"the model failed on images of shape {tuple(x.shape)}: {error}"
+                f"the model failed on images of shape {tuple(x.shape)}: {str(error).strip()}. {self._input_hint(x)}"
             ) from error
 
     def backward(self, x: np.ndarray, grad_logits: base.GradLogits, layers: Sequence[str] = (),
@@ -414,12 +467,13 @@ class TorchBackend:
             if input_grad:
                 xt.requires_grad_(True)
             with mode if mode is not None else contextlib.nullcontext():
-                logits = _first_tensor(self._run(xt))
+                logits = self._scores(self._run(xt))
             logits_np = _numpy(logits)
             seed = grad_logits(logits_np) if callable(grad_logits) else grad_logits
             seed_t = torch.as_tensor(np.asarray(seed), device=logits.device, dtype=logits.dtype)
             if not logits.requires_grad:
-                raise ModelError("the model's output does not depend on anything gradients can reach")
+                raise ModelError("the model's output does not depend on anything gradients can reach (for a model "
+                             "with several outputs, choose the class scores with cnnlens.load(model, output=...))")
             result = Pass(logits_np)
             activations = [capture.get(n) for n in layers]
             if mode is not None and activations:  # true gradients to the layers first, keeping the graph
@@ -466,7 +520,7 @@ class TorchBackend:
                 for name, module in modules.items():
                     handles.append(module.register_forward_hook(keep(name)))
                 with recorder:
-                    logits = _first_tensor(self._run(self._input(x)))
+                    logits = self._scores(self._run(self._input(x)))
             finally:
                 for handle in handles:
                     handle.remove()

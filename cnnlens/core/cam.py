@@ -51,7 +51,12 @@ def normalize_masks(upsampled: np.ndarray) -> np.ndarray:
     """Score-CAM masks: each channel of (..., H, W) min-max scaled to [0, 1]; constant channels become 0."""
     upsampled = np.asarray(upsampled, dtype=np.float32)
     low = upsampled.min(axis=(-2, -1), keepdims=True)
-    span = upsampled.max(axis=(-2, -1), keepdims=True) - low
+    high = upsampled.max(axis=(-2, -1), keepdims=True)
+    span = high.astype(np.float64) - low  # per channel: cheap in float64, and never overflows
+    if (span > np.finfo(np.float32).max).any():  # a span beyond float32's range: scale in float64
+        wide = (upsampled - low.astype(np.float64)) / np.where(span > 0, span, 1.0)
+        return np.where(span > 0, wide, 0).astype(np.float32)
+    span = span.astype(np.float32)
     safe = np.where(span > 0, span, np.float32(1))
     out = np.subtract(upsampled, low)
     np.divide(out, safe, out=out)

@@ -144,7 +144,7 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
     """
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples <= 0:
         raise InvalidInputError(f"samples must be a positive int, got {samples!r}")
-    if not np.isfinite(noise) or noise < 0:
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.integer, np.floating)) or not np.isfinite(noise) or noise < 0:
         raise InvalidInputError(f"noise must be a fraction >= 0 of each image's value range, got {noise!r}")
     if variant not in SMOOTHGRAD_VARIANTS:
         raise InvalidInputError(f"variant must be one of {', '.join(SMOOTHGRAD_VARIANTS)}; got {variant!r}")
@@ -417,7 +417,8 @@ def run(backend: Backend, x: Any, method: str, target: Target = None, layer: Lay
         **options: Any) -> Explanation:
     """Validate the request, then run ``method`` on ``backend``."""
     if method not in METHODS:
-        close = difflib.get_close_matches(str(method), METHODS, n=3)
+        lowered = {m.lower(): m for m in METHODS}
+        close = [lowered[c] for c in difflib.get_close_matches(str(method).lower(), lowered, n=3)]
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownMethodError(f"unknown method {method!r}.{hint} Methods: {', '.join(METHODS)}")
     spec = METHODS[method]

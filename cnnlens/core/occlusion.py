@@ -96,7 +96,13 @@ class OcclusionGrid:
 
 def as_baseline(baseline: Union[float, np.ndarray], shape: Tuple[int, int, int]) -> np.ndarray:
     """A scalar, a per-channel (C,) vector or a (C, H, W) array, as an array that broadcasts to ``shape``."""
-    value = np.asarray(baseline, dtype=np.float32)
+    try:
+        value = np.asarray(baseline, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"baseline must be a number, one value per channel, or an array of shape {shape}; got {baseline!r}: "
+            f"give a number (e.g. 0.0)"
+        ) from None
     if value.ndim == 1 and value.shape[0] == shape[0]:
         value = value.reshape(-1, 1, 1)
     try:

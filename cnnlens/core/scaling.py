@@ -23,14 +23,20 @@ def _expand(values: np.ndarray, like: np.ndarray) -> np.ndarray:
     return values.reshape((like.shape[0],) + (1,) * (like.ndim - 1))
 
 
+def _scale(maps: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``clip((m - low) / (high - low), 0, 1)`` per image, 0 where ``high == low``; computed in
+    float64 so spans wider than float32's range (e.g. -3e38..3e38) stay finite."""
+    span = high.astype(np.float64) - low
+    safe = np.where(span > 0, span, 1.0)
+    scaled = np.clip((maps - low.astype(np.float64)) / safe, 0, 1)
+    return np.where(span > 0, scaled, 0).astype(np.float32)
+
+
 def normalize_minmax(maps: np.ndarray) -> np.ndarray:
     """Per-image min-max scaling to [0, 1]; a constant image becomes all zeros."""
     maps = np.asarray(maps, dtype=np.float32)
     flat = _per_image(maps)
-    low = _expand(flat.min(axis=1), maps)
-    span = _expand(flat.max(axis=1), maps) - low
-    safe = np.where(span > 0, span, 1)
-    return np.where(span > 0, (maps - low) / safe, 0).astype(np.float32)
+    return _scale(maps, _expand(flat.min(axis=1), maps), _expand(flat.max(axis=1), maps))
 
 
 def clip_percentile(maps: np.ndarray, upper: float = 99.0, lower: float = 0.0) -> np.ndarray:
@@ -43,13 +49,14 @@ def clip_percentile(maps: np.ndarray, upper: float = 99.0, lower: float = 0.0) -
 
 
 def normalize_percentile(maps: np.ndarray, upper: float = 99.0) -> np.ndarray:
-    """Per-image ``clip((m - min) / (p_upper - min), 0, 1)``: outliers above the percentile saturate."""
+    """Per-image ``clip((m - min) / (p_upper - min), 0, 1)``: outliers above the percentile saturate.
+    Where the percentile is the minimum (a sparse map), the maximum is used, so spikes still show."""
     maps = np.asarray(maps, dtype=np.float32)
     flat = _per_image(maps)
-    low = _expand(flat.min(axis=1), maps)
-    span = _expand(np.percentile(flat, upper, axis=1), maps) - low
-    safe = np.where(span > 0, span, 1)
-    return np.where(span > 0, np.clip((maps - low) / safe, 0, 1), 0).astype(np.float32)
+    low = flat.min(axis=1)
+    high = np.percentile(flat.astype(np.float64), upper, axis=1)
+    high = np.where(high > low, high, flat.max(axis=1))
+    return _scale(maps, _expand(low, maps), _expand(high, maps))
 
 
 def split_sign(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
