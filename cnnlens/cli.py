@@ -206,6 +206,46 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sanity(args: argparse.Namespace) -> int:
+    import json
+
+    from . import metrics
+
+    backend = load_model(args.model, args.device, args)
+    x, _ = _prepare(backend, args.images, args)
+    methods = [m for m in _methods(args.method, backend) if args.method or m != "feature_maps"]
+    options = {m: _options(m, args) for m in methods}
+    for m in methods:
+        layer = _layer_arg(args, m)
+        if layer is not None:
+            options[m]["layer"] = layer
+    report = metrics.sanity(backend, x, methods, target=args.target, steps=args.steps, seed=args.seed or 0,
+                            deletion_steps=args.deletion_steps, options=options)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(sanity_table(report))
+    return 0
+
+
+def sanity_table(report: Dict[str, Any]) -> str:
+    """The sanity report as text: deletion / insertion AUC per method, then the randomisation
+    steps (top layer first) with each method's Spearman rank correlation and SSIM."""
+    methods = list(report["methods"])
+    lines = ["method            deletion AUC (lower is better)  insertion AUC (higher is better)"]
+    for m in methods:
+        r = report["methods"][m]
+        lines.append(f"{m:17} {r['deletion_auc']:30.3f}  {r['insertion_auc']:32.3f}")
+    steps = report["methods"][methods[0]]["randomisation"] if methods else []
+    lines += ["", "randomisation (cascading from the top): Spearman |rank| correlation / SSIM with the original maps",
+              "layers randomised  down to layer" + "".join(f"  {m[:15]:>15}" for m in methods)]
+    for i, step in enumerate(steps):
+        cells = "".join(f"  {report['methods'][m]['randomisation'][i]['spearman']:6.2f} /{report['methods'][m]['randomisation'][i]['ssim']:5.2f}"
+                        for m in methods)
+        lines.append(f"{step['randomised']:17}  {step['layer'][:13]:13}{cells}")
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .adapters.demo import run_demo
 
@@ -290,6 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocessing(p)
     _add_model_options(p)
     p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("sanity", help="how far to trust each method: the randomisation test and deletion / insertion")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.add_argument("--steps", type=int, help="randomisation steps to report, evenly spread (default: every layer)")
+    p.add_argument("--deletion-steps", type=int, default=20, help="points on the deletion / insertion curves (20)")
+    _add_method_options(p)
+    _add_preprocessing(p)
+    _add_model_options(p)
+    p.set_defaults(run=cmd_sanity)
 
     p = sub.add_parser("demo", help="train a DenseNet on synthetic shapes and explain it with every method")
     p.add_argument("--out", "-o", default="cnnlens-demo", help="output folder (cnnlens-demo)")

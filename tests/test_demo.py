@@ -13,7 +13,8 @@ from cnnlens.adapters.demo import DemoConfig, run_demo
 from cnnlens.adapters.images import load_image
 
 TINY = DemoConfig(train_images=240, epochs=1, held_out=12, pointing_images=3, report_images=(1, 1),
-                  smoothgrad_samples=2, occlusion=(16, 8))
+                  smoothgrad_samples=2, occlusion=(16, 8), deletion_steps=4, randomisation_images=2,
+                  randomisation_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,21 @@ def test_writes_everything_the_issue_names(demo):
     assert set(written["seconds"]) == set(written["pointing_game"]) | {"feature_maps"}
     assert all(0 <= v <= 1 for v in written["pointing_game"].values()) and 0 <= written["accuracy"] <= 1
     assert set(written["onnx"]["pointing_game"]) == {"cam", "scorecam", "occlusion"}
+
+
+def test_summary_and_report_carry_the_sanity_numbers(demo):
+    out, summary = demo
+    torch_sanity, onnx_sanity = summary["sanity"]["torch"], summary["sanity"]["onnx"]
+    assert set(torch_sanity) == set(summary["pointing_game"]) and set(onnx_sanity) == {"cam", "scorecam", "occlusion"}
+    for entry in list(torch_sanity.values()) + list(onnx_sanity.values()):
+        assert 0 <= entry["deletion_auc"] <= 1 and 0 <= entry["insertion_auc"] <= 1
+        steps = entry["randomisation"]
+        assert len(steps) == TINY.randomisation_steps and steps[-1]["layer"] in ("features.conv0", "/features/conv0/Conv")
+        assert steps[0]["layer"] in ("classifier", "/classifier/Gemm")  # top layer first
+    page = open(os.path.join(out, "report.html"), encoding="utf-8").read()
+    assert "deletion AUC" in page and "insertion AUC" in page and "Spearman" in page
+    gradcam = torch_sanity["gradcam"]
+    assert f"{gradcam['deletion_auc']:.3f}" in page
 
 
 def test_inputs_are_the_held_out_images(demo):

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..core.metrics import pointing_game
 from ..core.methods import METHODS, run
+from ..core.sanity import deletion_insertion_auc, randomisation_test
 from . import render, synthetic
 from .export import atomic_path, to_onnx, to_torchscript
 from .report import write_report
@@ -47,14 +48,20 @@ class DemoConfig:
     report_images: Tuple[int, int] = (4, 2)   # positives, negatives in the report and figures
     occlusion: Tuple[int, int] = (8, 4)       # window, stride
     smoothgrad_samples: int = 16
+    deletion_steps: int = 16                  # points on the deletion / insertion curves
+    randomisation_images: int = 8             # held-out positives for the randomisation test
+    randomisation_steps: int = 8              # cascade points reported (evenly spread, top first)
 
     def key(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        text = json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k in TRAINING_FIELDS}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 QUICK = DemoConfig(train_images=600, epochs=3, held_out=24, pointing_images=6, report_images=(2, 1),
-                   smoothgrad_samples=4)
+                   smoothgrad_samples=4, deletion_steps=4, randomisation_images=2, randomisation_steps=2)
+
+#: What the cached model depends on (the explaining settings can change without retraining).
+TRAINING_FIELDS = ("size", "train_images", "epochs", "batch_size", "lr", "noise", "weight_decay", "seed")
 
 
 def _options(config: DemoConfig) -> Dict[str, Dict[str, Any]]:
@@ -187,20 +194,38 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
         methods = [m for m in METHODS if METHODS[m].needs <= backend.capabilities]
         for method in methods:
             exp, seconds = _timed(backend, x_all[pointing], method, options)
-            score = pointing_game(exp.maps, data.boxes[pointing]) if method in POINTING else None
-            table.append({"method": method, "backend": label, "pointing_game": score, "seconds": seconds,
-                          "images": len(pointing)})
+            row = {"method": method, "backend": label, "pointing_game": None, "seconds": seconds,
+                   "images": len(pointing)}
+            if method in POINTING:
+                row["pointing_game"] = pointing_game(exp.maps, data.boxes[pointing])
+                row.update(deletion_insertion_auc(backend, x_all[pointing], exp.maps, exp.target,
+                                                  steps=config.deletion_steps))
+            table.append(row)
             if label == "torch":
                 torch_results[method] = exp
-            _say(f"  {label:5} {method:16} {'' if score is None else f'pointing {score:.2f}':14} {seconds:6.2f} s")
+            _say(f"  {label:5} {method:16} {_scores_text(row)} {seconds:6.2f} s")
+        if label == "torch":  # what a map that knows nothing scores: the floor to judge the others by
+            noise = np.random.default_rng(config.seed).random((len(pointing),) + x_all.shape[2:])
+            reference = {"method": "random map", "backend": label, "seconds": 0.0, "images": len(pointing),
+                         "pointing_game": pointing_game(noise, data.boxes[pointing])}
+            classes = backend.forward(x_all[pointing]).logits.argmax(1)
+            reference.update(deletion_insertion_auc(backend, x_all[pointing], noise, classes, steps=config.deletion_steps))
+            table.append(reference)
+        checked = pointing[:config.randomisation_images]
+        randomisation = randomisation_test(backend, x_all[checked], [m for m in methods if m in POINTING],
+                                           steps=config.randomisation_steps, options=options)
+        for row in table:
+            if row["backend"] == label and row["method"] in randomisation:
+                row["randomisation"] = randomisation[row["method"]]
 
     shown_exps = {m: run(torch_backend, x_all[shown], m, **options.get(m, {})) for m in torch_results}
     _figures(out, model, torch_backend, data, x_all, shown_pos, shown, shown_exps)
     per_image = {r["method"]: r["seconds"] / r["images"] for r in table if r["backend"] == "torch"}
+    random_map = next(r for r in table if r["method"] == "random map")
     report_results = {m: (exp, "", per_image[m] * len(shown)) for m, exp in shown_exps.items()}
-    notes = {row["method"]: {"pointing game": "" if row["pointing_game"] is None else f"{row['pointing_game']:.2f}",
-                             "seconds / image": f"{row['seconds'] / row['images']:.3f}"}
-             for row in table if row["backend"] == "torch"}
+    notes = {row["method"]: _notes(row) for row in table if row["backend"] == "torch"}
+    notes.pop("random map", None)
+    notes["random map (reference)"] = _notes(next(r for r in table if r["method"] == "random map"))
     write_report(os.path.join(out, "report.html"), torch_backend, x_all[shown], data.images[shown],
                  names=input_names, labels=["no square", "square"], results=report_results, notes=notes,
                  title=f"cnnlens demo: a DenseNet on circles and squares (accuracy {accuracy:.3f})")
@@ -208,8 +233,12 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
     summary = {
         "accuracy": accuracy,
         "pointing_game": {r["method"]: r["pointing_game"] for r in table
-                          if r["backend"] == "torch" and r["pointing_game"] is not None},
-        "seconds": {r["method"]: round(r["seconds"], 3) for r in table if r["backend"] == "torch"},
+                          if r["backend"] == "torch" and r["pointing_game"] is not None and r["method"] in METHODS},
+        "random_map": {k: random_map[k] for k in ("pointing_game", "deletion_auc", "insertion_auc")},
+        "sanity": {label: {r["method"]: {k: r[k] for k in ("deletion_auc", "insertion_auc", "randomisation") if k in r}
+                           for r in table if r["backend"] == label and r["pointing_game"] is not None and r["method"] in METHODS}
+                   for label in ("torch", "onnx")},
+        "seconds": {r["method"]: round(r["seconds"], 3) for r in table if r["backend"] == "torch" and r["method"] in METHODS},
         "onnx": {"pointing_game": {r["method"]: r["pointing_game"] for r in table
                                    if r["backend"] == "onnx" and r["pointing_game"] is not None},
                  "seconds": {r["method"]: round(r["seconds"], 3) for r in table if r["backend"] == "onnx"},
@@ -223,6 +252,27 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
         json.dump(summary, f, indent=2)
     _print_table(table, accuracy, out, summary["total_seconds"])
     return summary
+
+
+def _scores_text(row: Dict[str, Any]) -> str:
+    if row["pointing_game"] is None:
+        return " " * 38
+    return (f"pointing {row['pointing_game']:.2f}  deletion {row['deletion_auc']:.2f}  "
+            f"insertion {row['insertion_auc']:.2f}")
+
+
+def _notes(row: Dict[str, Any]) -> Dict[str, str]:
+    """The report's numbers for one method."""
+    notes = {"seconds / image": f"{row['seconds'] / row['images']:.3f}"} if row["seconds"] else {}
+    if row["pointing_game"] is not None:
+        notes["pointing game"] = f"{row['pointing_game']:.2f}"
+        notes["deletion AUC (lower is better)"] = f"{row['deletion_auc']:.3f}"
+        notes["insertion AUC (higher is better)"] = f"{row['insertion_auc']:.3f}"
+    if row.get("randomisation"):
+        first, last = row["randomisation"][0], row["randomisation"][-1]
+        notes["top layer randomised: Spearman / SSIM"] = f"{first['spearman']:.2f} / {first['ssim']:.2f}"
+        notes["all weights randomised: Spearman / SSIM"] = f"{last['spearman']:.2f} / {last['ssim']:.2f}"
+    return notes
 
 
 def _figures(out, model, backend, data, x_all, shown_pos, shown, shown_exps) -> None:
@@ -259,10 +309,12 @@ def _figures(out, model, backend, data, x_all, shown_pos, shown, shown_exps) -> 
 
 def _print_table(table: List[Dict[str, Any]], accuracy: float, out: str, total: float) -> None:
     _say("")
-    _say(f"validation accuracy {accuracy:.3f}; pointing game on {table[0]['images']} held-out positives")
-    _say(f"{'method':16} {'backend':8} {'pointing':>8} {'seconds':>8}")
+    _say(f"validation accuracy {accuracy:.3f}; measured on {table[0]['images']} held-out positives "
+         f"(randomisation: Spearman of |maps| with all weights re-drawn, top layer first)")
+    _say(f"{'method':16} {'backend':8} {'pointing':>8} {'deletion':>8} {'insertion':>9} {'random':>7} {'seconds':>8}")
     for row in table:
-        score = "-" if row["pointing_game"] is None else f"{row['pointing_game']:.2f}"
-        _say(f"{row['method']:16} {row['backend']:8} {score:>8} {row['seconds']:8.2f}")
+        cells = [f"{row[k]:.2f}" if row.get(k) is not None else "-" for k in ("pointing_game", "deletion_auc", "insertion_auc")]
+        last = f"{row['randomisation'][-1]['spearman']:.2f}" if row.get("randomisation") else "-"
+        _say(f"{row['method']:16} {row['backend']:8} {cells[0]:>8} {cells[1]:>8} {cells[2]:>9} {last:>7} {row['seconds']:8.2f}")
     _say(f"\nwrote {out}/report.html, figures, summary.json, model.onnx, model.pt ({total:.0f} s)")
     sys.stdout.flush()

@@ -19,6 +19,9 @@ from onnx import numpy_helper
 
 _SUFFIX = re.compile(r"_\d+$")
 _METADATA_OPS = {"Shape", "Size"}
+#: Float initializers that are settings, not learned weights (Resize's scales, Clip's bounds, ...).
+_SETTING_OPS = {"Resize", "Upsample", "Clip", "Pad", "ConstantOfShape"}
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
 def node_name(node: onnx.NodeProto) -> str:
@@ -156,6 +159,30 @@ class Graph:
             return np.asarray(ReferenceEvaluator(folded).run(None, {})[0])
         except Exception:  # an op the reference runtime lacks: the caller falls back to onnxruntime
             return None
+
+    def parameters(self, node: onnx.NodeProto) -> List[str]:
+        """The initializers holding a node's learned parameters (Conv's weight and bias, BatchNorm's
+        scale, bias, mean and variance, ...): floating-point ones of rank >= 1 that it takes
+        directly or through Identity nodes. Rank-0 constants (GELU's sqrt(2), an epsilon) and the
+        settings of ops like Resize and Clip do not count."""
+        if node.op_type in _SETTING_OPS:
+            return []
+        found: List[str] = []
+        for tensor in node.input:
+            name = self.initializer_of(tensor)
+            init = self.initializers.get(name) if name is not None else None
+            if init is not None and init.data_type in _FLOAT_TYPES and len(init.dims) >= 1 and name not in found:
+                found.append(name)
+        return found
+
+    def initializer_of(self, tensor: str) -> Optional[str]:
+        """The initializer a tensor is, directly or through Identity nodes; None for any other tensor."""
+        while tensor and tensor not in self.initializers:
+            node = self.producer.get(tensor)
+            if node is None or node.op_type != "Identity":
+                return None
+            tensor = node.input[0]
+        return tensor or None
 
     # ------------------------------------------------------------ module scopes
 

@@ -11,6 +11,7 @@ try:  # Python >= 3.8
 except ImportError:  # pragma: no cover
     from typing_extensions import Protocol, runtime_checkable  # type: ignore
 
+from ..core.errors import InvalidInputError, LayerError
 from ..core.types import Layer, Pass
 
 GradLogits = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]
@@ -23,6 +24,7 @@ LAYER_GRADIENTS = "layer_gradients"    # d(output)/d(layer output)
 RELU_RULES = "relu_rules"              # guided / deconvnet ReLU backward
 WEIGHTS = "weights"                    # a layer's weight tensor
 LINEAR_HEAD = "linear_head"            # GAP -> linear head found automatically (CAM)
+RANDOMISE = "randomise"                # a copy with some layers' learned weights re-drawn
 
 
 @runtime_checkable
@@ -61,6 +63,17 @@ class Backend(Protocol):
     def batch_size(self, kind: str, image_shape: Tuple[int, ...]) -> int:
         """A batch size for ``kind`` ("forward" or "backward") passes of images of this shape."""
 
+    def parameter_layers(self) -> List[str]:
+        """The layers that hold learned weights, in the order the forward pass runs them (bottom
+        to top): the layers ``randomised`` accepts."""
+
+    def randomised(self, layers: Sequence[str], seed: int = 0) -> "Backend":
+        """A new backend of the same kind over a copy of the model in which the named layers'
+        learned parameters are re-drawn (the model-parameter randomisation test of Adebayo et al.
+        2018); the user's model is never changed. The same ``seed`` gives the same draws; layer
+        ``layers[i]`` draws from seed ``seed + i``, so a cascade that grows a prefix keeps its
+        earlier draws."""
+
 
 #: On a CPU, convolutions run fastest while one layer's output for the whole batch stays near
 #: this many elements (measured on ResNet-50 at 224 and a small DenseNet at 64 on two cores:
@@ -72,3 +85,36 @@ CPU_MAX_BATCH = 128
 def cache_sized_batch(largest_layer: int, budget: int = CPU_LAYER_ELEMENTS, cap: int = CPU_MAX_BATCH) -> int:
     """The batch whose largest layer output (``largest_layer`` elements per image) fits ``budget``."""
     return int(max(1, min(cap, budget // max(int(largest_layer), 1))))
+
+
+def randomisation_layers(backend: Backend, layers: Union[str, Sequence[str]], seed: int) -> List[str]:
+    """The canonical names of the layers ``randomised`` is asked for (one name or a sequence of
+    them; repeats dropped), each checked to hold learned weights; and ``seed`` checked."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidInputError(f"seed must be a non-negative int, got {seed!r}")
+    names = [layers] if isinstance(layers, str) else list(layers)
+    resolved = list(dict.fromkeys(backend.resolve_layer(n) for n in names))
+    if resolved:
+        # any layer with weights may be re-drawn, also one the cascade leaves out (never called)
+        choices = getattr(backend, "weighted_layers", backend.parameter_layers)()
+        for name in resolved:
+            if name not in choices:
+                raise LayerError(f"layer {name!r} has no learned parameters to randomise: {_some_choices(name, choices)}")
+    return resolved
+
+
+def _some_choices(name: str, choices: List[str], shown: int = 12) -> str:
+    """The layers with weights to name instead: the named layer's own sub-layers when it has
+    some, else all of them (the first and last few of a long list)."""
+    inside = [c for c in choices if c.startswith(name + ".")]
+    if inside:
+        listed, what = inside, "its sub-layers with weights are"
+    else:
+        listed, what = choices, "the layers with weights are"
+    if not listed:
+        return "the model has no layers with learned weights"
+    if len(listed) > shown:
+        half = shown // 2
+        text = ", ".join(map(repr, listed[:half])) + ", ..., " + ", ".join(map(repr, listed[-half:]))
+        return f"{what} {text} ({len(listed)} in all; backend.parameter_layers() lists them)"
+    return f"{what} {', '.join(map(repr, listed))}"

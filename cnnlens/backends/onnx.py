@@ -15,13 +15,14 @@ from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from ..core.errors import InvalidInputError, LayerError, ModelError, UnsupportedError, unknown_layer
 from ..core.types import Layer, Pass
 from . import base
 from ._onnx_graph import Graph, attribute, inferred_shapes, node_name, shape_of
 
-_CAPABILITIES = frozenset({base.FORWARD, base.ACTIVATIONS, base.WEIGHTS, base.LINEAR_HEAD})
+_CAPABILITIES = frozenset({base.FORWARD, base.ACTIVATIONS, base.WEIGHTS, base.LINEAR_HEAD, base.RANDOMISE})
 _PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "Unsqueeze"}
 _SCORE_OPS = {"Softmax", "LogSoftmax"}
 #: Sessions with extra outputs (and shape tables) kept per backend: enough for a method's calls,
@@ -296,6 +297,45 @@ class OnnxBackend:
             return base.cache_sized_batch(largest, budget=2 ** 26, cap=256)
         return base.cache_sized_batch(largest)
 
+    # ------------------------------------------------------------ randomisation
+
+    def parameter_layers(self) -> List[str]:
+        """Nodes that compute on the input with learned weights in initializers (Conv, Gemm, MatMul,
+        BatchNormalization, ...), in topological order, named as ``layers()`` names them."""
+        return [node_name(n) for n in self.graph.data_nodes() if self.graph.parameters(n)]
+
+    def randomised(self, layers: Sequence[str], seed: int = 0) -> "OnnxBackend":
+        """An OnnxBackend (same device, IO binding and output) over a copy of the model in which every
+        initializer the named nodes take is re-drawn, for ``layers[i]`` from seed ``seed + i``:
+        from N(0, the original values' std), dtype and shape kept; a BatchNormalization's mean
+        and variance become 0 and 1 (as torch's reset). An initializer two nodes share is drawn
+        once, by the first named; it changes for every node that takes it."""
+        names = base.randomisation_layers(self, layers, seed)
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        targets = {t.name: t for t in model.graph.initializer}
+        done: set[str] = set()
+        for i, name in enumerate(names):
+            node = self.graph.by_name[name]
+            rng = np.random.default_rng(int(seed) + i)
+            statistics: Dict[Optional[str], float] = {}  # a BatchNormalization's mean and variance: 0 and 1
+            if node.op_type == "BatchNormalization":
+                statistics = {self.graph.initializer_of(t): v for t, v in zip(node.input[3:5], (0.0, 1.0))}
+            for tensor in self.graph.parameters(node):
+                if tensor not in done:
+                    done.add(tensor)
+                    targets[tensor].CopyFrom(_redrawn(self.graph.initializers[tensor], rng, statistics.get(tensor)))
+        return OnnxBackend(model, device=self._device_name(), io_binding=self._io_binding, output=self.output_name)
+
+    def _device_name(self) -> str:
+        """The device this backend runs on, as ``device=`` names it (with the CUDA device index)."""
+        if self.device != "cuda":
+            return "cpu"
+        for provider in self._providers:
+            if isinstance(provider, tuple) and provider[0] == "CUDAExecutionProvider":
+                return f"cuda:{provider[1].get('device_id', 0)}"
+        return "cuda"
+
     # ------------------------------------------------------------ passes
 
     def check_input(self, x: np.ndarray) -> None:
@@ -369,6 +409,17 @@ class OnnxBackend:
         self.check_input(x)
         outputs = self._run(x, [self.output_name, pooled])
         return _scores(outputs[0]), np.asarray(outputs[1], dtype=np.float32), weight, used
+
+
+def _redrawn(tensor: onnx.TensorProto, rng: np.random.Generator, fill: Optional[float] = None) -> onnx.TensorProto:
+    """An initializer's new value in its dtype and shape: N(0, the original's std), or ``fill``."""
+    original = numpy_helper.to_array(tensor)
+    if fill is not None:
+        value = np.full(original.shape, fill)
+    else:
+        std = float(np.std(original.astype(np.float64))) if original.size else 0.0
+        value = rng.normal(0.0, std, size=original.shape)
+    return numpy_helper.from_array(value.astype(original.dtype), tensor.name)
 
 
 def _is_global_pool(node: onnx.NodeProto, graph: Graph) -> bool:

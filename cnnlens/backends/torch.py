@@ -8,6 +8,7 @@ Everything a call installs (hooks, the ReLU-rule mode, ``eval()``) is removed or
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import warnings
 import weakref
@@ -27,10 +28,11 @@ from ._torch_relu import ReluRuleMode
 _CAPABILITIES = frozenset({
     base.FORWARD, base.ACTIVATIONS, base.INPUT_GRADIENTS, base.LAYER_GRADIENTS,
     base.RELU_RULES, base.WEIGHTS, base.LINEAR_HEAD,
+    base.RANDOMISE,
 })
 #: What TorchScript allows: no hooks on compiled modules, and compiled code calls its ReLUs
 #: without going through Python, so no activations, layer gradients or ReLU rules.
-_SCRIPT_CAPABILITIES = frozenset({base.FORWARD, base.INPUT_GRADIENTS, base.WEIGHTS})
+_SCRIPT_CAPABILITIES = frozenset({base.FORWARD, base.INPUT_GRADIENTS, base.WEIGHTS, base.RANDOMISE})
 
 #: GPU batches: this fraction of the free memory, for the activations a pass keeps.
 _GPU_MEMORY_FRACTION = 0.4
@@ -213,6 +215,47 @@ def _to_host(tensors: Sequence[torch.Tensor]) -> List[np.ndarray]:
         out.append(flat[start:start + t.numel()].reshape(t.shape))
         start += t.numel()
     return out
+
+
+def _own_float_parameters(module: nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    """The floating-point parameters a module owns itself (not its children's)."""
+    return [(n, p) for n, p in module.named_parameters(recurse=False) if p.is_floating_point()]
+
+
+def _reinitialise(module: nn.Module, seed: int, scripted: bool) -> None:
+    """Re-draw one module's own parameters in place, reproducibly for ``seed``, leaving the global
+    random state as it was."""
+    reset = None if scripted else getattr(module, "reset_parameters", None)
+    if callable(reset):
+        with _seeded(module, seed):
+            reset()
+        return
+    generator = torch.Generator().manual_seed(seed)
+    for _, p in _own_float_parameters(module):
+        std = float(p.detach().double().std(correction=0)) if p.numel() else 0.0
+        draw = torch.randn(p.shape, generator=generator, dtype=torch.float64) * std
+        p.copy_(draw.to(device=p.device, dtype=p.dtype))
+    for name, buffer in module.named_buffers(recurse=False):  # a BatchNorm's running statistics
+        if name in ("running_mean", "running_var", "num_batches_tracked"):
+            buffer.fill_(1 if name == "running_var" else 0)
+
+
+@contextlib.contextmanager
+def _seeded(module: nn.Module, seed: int) -> Iterator[None]:
+    """The default generators of the devices ``module`` lives on seeded with ``seed`` inside, restored
+    after. Not ``torch.manual_seed``: without CUDA started, it queues a seed for every GPU that would
+    replace the user's own when CUDA starts later."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    cuda = sorted({t.device.index if t.device.index is not None else torch.cuda.current_device()
+                   for t in tensors if t.device.type == "cuda"})
+    other = any(t.device.type not in ("cpu", "cuda") for t in tensors)
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        if other:  # another accelerator's generator: only torch.manual_seed reaches it
+            torch.manual_seed(seed)
+        yield
 
 
 # ---------------------------------------------------------------- the backend
@@ -402,6 +445,44 @@ class TorchBackend:
             per_image = item * (2 * total if kind == "backward" else 4 * largest)
             return int(max(1, min(_GPU_MAX_BATCH, free * _GPU_MEMORY_FRACTION // per_image)))
         return base.cache_sized_batch(largest)
+
+    # ------------------------------------------------------------ randomisation
+
+    def parameter_layers(self) -> List[str]:
+        """Modules that own a floating-point parameter themselves (Conv, Linear, BatchNorm, ...), in
+        the order the forward pass calls them (traced at the guessed input shape). Modules the
+        forward pass never calls (an auxiliary head in eval mode) are left out: randomising them
+        would change nothing. TorchScript, and a model that cannot be traced so: definition order."""
+        modules = self._modules()
+        try:
+            called = [layer.name for layer in self.layers()] if not self.scripted else []
+        except ModelError:
+            called = []
+        order = called or list(modules)
+        return [n for n in order if n in modules and _own_float_parameters(modules[n])]
+
+    def weighted_layers(self) -> List[str]:
+        """Every module that owns a floating-point parameter itself, in definition order."""
+        return [n for n, m in self._modules().items() if _own_float_parameters(m)]
+
+    def randomised(self, layers: Sequence[str], seed: int = 0) -> "TorchBackend":
+        """A TorchBackend (same device, output choice and layout) over a deep copy of the model in
+        which each named module ``layers[i]`` is re-initialised with seed ``seed + i``: by its own
+        ``reset_parameters()`` (the initialisation it was built with; BatchNorm's also resets its
+        running statistics to mean 0, variance 1). A module without one (every TorchScript module)
+        has each own parameter drawn from N(0, the original's std), running statistics reset."""
+        names = base.randomisation_layers(self, layers, seed)
+        try:
+            model = copy.deepcopy(self.model)
+        except Exception as error:
+            raise ModelError(f"the model cannot be copied to randomise it ({type(error).__name__}: {error})") from None
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for i, name in enumerate(names):
+                _reinitialise(modules[name], int(seed) + i, scripted=self.scripted)
+        backend = TorchBackend(model, output=self.output)
+        backend.channels_last = self.channels_last
+        return backend
 
     # ------------------------------------------------------------ passes
 

@@ -157,7 +157,8 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
     classes = resolve_targets(target, logits)
     sigma = noise_sigma(x, noise)
     generators = image_generators(seed, len(x))
-    stats = RunningStats(x.shape)
+    stats = RunningStats(x.shape, track={"smoothgrad": ("mean",), "smoothgrad_sq": ("mean_sq",),
+                                         "vargrad": ("variance",)}[variant])
     items = np.repeat(np.arange(len(x)), samples)  # image-major: image n's samples are consecutive
     with progress.task("smoothgrad", len(items)) as advance:
         for sl in _batches(len(items), batch):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -19,28 +19,42 @@ def image_generators(seed: Optional[int], count: int) -> List[np.random.Generato
 
 
 class RunningStats:
-    """Per-image running mean, mean of squares and variance (Chan et al.'s parallel update)."""
+    """Per-image running mean, mean of squares and variance (Chan et al.'s parallel update).
 
-    def __init__(self, shape: tuple):
+    ``track`` names the statistics to keep ("mean", "mean_sq", "variance"; all by default), so
+    SmoothGrad's plain mean costs one float64 accumulator and no temporaries of the batch.
+    """
+
+    STATISTICS = ("mean", "mean_sq", "variance")
+
+    def __init__(self, shape: tuple, track: Sequence[str] = STATISTICS):
+        unknown = set(track) - set(self.STATISTICS)
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}: choose from {self.STATISTICS}")
+        self.track = frozenset(track)
         self.count = np.zeros(shape[0], dtype=np.int64)
-        self.mean = np.zeros(shape, dtype=np.float64)
-        self.mean_sq = np.zeros(shape, dtype=np.float64)
-        self.m2 = np.zeros(shape, dtype=np.float64)
+        self.mean = np.zeros(shape, dtype=np.float64) if self.track & {"mean", "variance"} else None
+        self.mean_sq = np.zeros(shape, dtype=np.float64) if "mean_sq" in self.track else None
+        self.m2 = np.zeros(shape, dtype=np.float64) if "variance" in self.track else None
 
     def update(self, index: int, values: np.ndarray) -> None:
         """Add ``values`` (k, ...) as k more samples of image ``index``."""
-        values = np.asarray(values, dtype=np.float64)
+        values = np.asarray(values)
         k = len(values)
         if k == 0:
             return
         n = int(self.count[index])
-        batch_mean = values.mean(axis=0)
-        batch_m2 = ((values - batch_mean) ** 2).sum(axis=0)
         total = n + k
-        delta = batch_mean - self.mean[index]
-        self.mean[index] += delta * (k / total)
-        self.m2[index] += batch_m2 + delta ** 2 * (n * k / total)
-        self.mean_sq[index] += ((values ** 2).mean(axis=0) - self.mean_sq[index]) * (k / total)
+        if self.mean_sq is not None:
+            squares = np.einsum("i...,i...->...", values, values, dtype=np.float64) / k
+            self.mean_sq[index] += (squares - self.mean_sq[index]) * (k / total)
+        if self.mean is not None:
+            batch_mean = values.sum(axis=0, dtype=np.float64) / k
+            delta = batch_mean - self.mean[index]
+            if self.m2 is not None:
+                centred = values - batch_mean
+                self.m2[index] += np.einsum("i...,i...->...", centred, centred) + delta ** 2 * (n * k / total)
+            self.mean[index] += delta * (k / total)
         self.count[index] = total
 
     def variance(self) -> np.ndarray:
