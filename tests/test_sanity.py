@@ -180,3 +180,25 @@ def test_cli_sanity_table(workdir, capsys):
     out = capsys.readouterr().out
     assert "deletion AUC" in out and "insertion AUC" in out and "randomisation" in out
     assert out.count("/") >= 2
+
+
+# ---------------------------------------------------------------- pointing game on constructed maps
+
+
+def test_pointing_game_on_constructed_maps():
+    maps = np.zeros((4, 20, 20))
+    maps[0, 5, 5] = 1.0     # inside box 0
+    maps[1, 19, 19] = 1.0   # far outside box 1
+    maps[2, 10, 13] = 1.0   # one pixel right of box 2 (cols 0..11 inclusive-exclusive 12): inside once grown
+    maps[3] = 0.5           # a constant map: the first maximum, (0, 0), is inside box 3
+    boxes = np.array([[2, 2, 8, 8], [0, 0, 5, 5], [8, 4, 12, 12], [0, 0, 3, 3]])
+    hits = metrics.pointing_hits(maps, boxes, tolerance=0.0)
+    np.testing.assert_array_equal(hits, [True, False, False, True])
+    assert metrics.pointing_game(maps, boxes, tolerance=0.0) == 0.5
+    # the paper's 15 px at 224 px grows a 20 px box by 1.34 px: the pixel one column right is in
+    np.testing.assert_array_equal(metrics.pointing_hits(maps, boxes), [True, False, True, True])
+    # a channel axis counts as the sum of |g|: a strong negative peak points too
+    signed = np.zeros((1, 3, 20, 20))
+    signed[0, 1, 6, 6] = -5.0
+    signed[0, 0, 15, 15] = 1.0
+    assert metrics.pointing_hits(signed, boxes[:1], tolerance=0.0).tolist() == [True]
