@@ -76,11 +76,12 @@ def sanity(model: Any, x: Any, methods: Sequence[str], target: Target = None, *,
     for m in methods:
         if layer is not None and _layered(m):
             options[m].setdefault("layer", layer)
+    explained = {m: run(backend, images, m, target=target, **options[m]) for m in methods}
     randomisation = _sanity.randomisation_test(backend, images, list(methods), target, steps=steps, seed=seed,
-                                               options=options)
+                                               options=options, originals=explained)
     report: Dict[str, Any] = {"methods": {}}
     for m in methods:
-        exp = run(backend, images, m, target=target, **options[m])
+        exp = explained[m]
         aucs = _sanity.deletion_insertion_auc(backend, images, exp.maps, exp.target, steps=deletion_steps,
                                               baseline=baseline)
         report["methods"][m] = {"randomisation": randomisation[m], **aucs}

@@ -208,7 +208,7 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
             noise = np.random.default_rng(config.seed).random((len(pointing),) + x_all.shape[2:])
             reference = {"method": "random map", "backend": label, "seconds": 0.0, "images": len(pointing),
                          "pointing_game": pointing_game(noise, data.boxes[pointing])}
-            classes = backend.forward(x_all[pointing]).logits.argmax(1)
+            classes = next(iter(torch_results.values())).target  # each image's predicted class
             reference.update(deletion_insertion_auc(backend, x_all[pointing], noise, classes, steps=config.deletion_steps))
             table.append(reference)
         checked = pointing[:config.randomisation_images]
@@ -223,9 +223,8 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
     per_image = {r["method"]: r["seconds"] / r["images"] for r in table if r["backend"] == "torch"}
     random_map = next(r for r in table if r["method"] == "random map")
     report_results = {m: (exp, "", per_image[m] * len(shown)) for m, exp in shown_exps.items()}
-    notes = {row["method"]: _notes(row) for row in table if row["backend"] == "torch"}
-    notes.pop("random map", None)
-    notes["random map (reference)"] = _notes(next(r for r in table if r["method"] == "random map"))
+    notes = {row["method"]: _notes(row) for row in table if row["backend"] == "torch" and row is not random_map}
+    notes["random map (reference)"] = _notes(random_map)
     write_report(os.path.join(out, "report.html"), torch_backend, x_all[shown], data.images[shown],
                  names=input_names, labels=["no square", "square"], results=report_results, notes=notes,
                  title=f"cnnlens demo: a DenseNet on circles and squares (accuracy {accuracy:.3f})")

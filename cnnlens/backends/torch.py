@@ -136,10 +136,16 @@ def _scores(output: Any, choice: Union[None, int, str], model: nn.Module) -> tor
 
 
 def _first_warning(model: nn.Module) -> bool:
+    return _remember(_WARNED_OUTPUTS, model)
+
+
+def _remember(models: "weakref.WeakSet[nn.Module]", model: nn.Module) -> bool:
+    """Add ``model`` to a weak set of models; True when it was not there yet (an unhashable
+    module class is never remembered, so always counts as new)."""
     try:
-        if model in _WARNED_OUTPUTS:
+        if model in models:
             return False
-        _WARNED_OUTPUTS.add(model)
+        models.add(model)
     except TypeError:
         pass
     return True
@@ -420,31 +426,34 @@ class TorchBackend:
             raise LayerError(f"layer {layer!r} ({type(module).__name__}) has no weight tensor: name a Conv or Linear layer")
         return _numpy(w).copy()
 
-    def _footprint(self, image_shape: Tuple[int, ...]) -> Tuple[int, int]:
-        """(largest layer output, all leaf layers' outputs) in elements per image, from the trace;
-        estimated from the image size when the model cannot be traced (TorchScript)."""
-        pixels = int(np.prod(image_shape))
+    def _layer_sizes(self, image_shape: Tuple[int, ...]) -> Optional[Dict[str, int]]:
+        """Each traced layer's output elements per image; None when the model cannot be traced."""
         if self.scripted:
-            return 8 * pixels, 64 * pixels
+            return None
         try:
             layers, _ = self._trace((1,) + tuple(int(v) for v in image_shape))
         except (LayerError, ModelError):
-            return 8 * pixels, 64 * pixels
-        sizes = {l.name: int(np.prod([d or 1 for d in l.shape[1:]])) for l in layers if l.shape}
-        leaves = [n for n in sizes if not any(other.startswith(n + ".") for other in sizes)]
-        largest = max(sizes.values(), default=pixels)
-        return max(largest, pixels), max(sum(sizes[n] for n in leaves), pixels)
+            return None
+        return {l.name: int(np.prod([d or 1 for d in l.shape[1:]])) for l in layers if l.shape}
 
     def batch_size(self, kind: str, image_shape: Tuple[int, ...]) -> int:
         """CPU: the batch whose largest layer output stays cache-sized. GPU: what fits in a share of
-        the free memory (the whole trace's activations kept for a backward pass)."""
-        largest, total = self._footprint(tuple(image_shape))
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            item = torch.finfo(self.dtype).bits // 8
-            per_image = item * (2 * total if kind == "backward" else 4 * largest)
-            return int(max(1, min(_GPU_MAX_BATCH, free * _GPU_MEMORY_FRACTION // per_image)))
-        return base.cache_sized_batch(largest)
+        the free memory (the whole trace's activations kept for a backward pass). Without a trace
+        (TorchScript), the sizes are estimated from the image's."""
+        pixels = int(np.prod(image_shape))
+        sizes = self._layer_sizes(tuple(image_shape))
+        largest = max(max(sizes.values(), default=pixels), pixels) if sizes is not None else 8 * pixels
+        if self.device.type != "cuda":
+            return base.cache_sized_batch(largest)
+        if sizes is None:
+            total = 64 * pixels
+        else:
+            leaves = [n for n in sizes if not any(other.startswith(n + ".") for other in sizes)]
+            total = max(sum(sizes[n] for n in leaves), pixels)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        item = torch.finfo(self.dtype).bits // 8
+        per_image = item * (2 * total if kind == "backward" else 4 * largest)
+        return int(max(1, min(_GPU_MAX_BATCH, free * _GPU_MEMORY_FRACTION // per_image)))
 
     # ------------------------------------------------------------ randomisation
 
@@ -531,8 +540,7 @@ class TorchBackend:
                 except BaseException:
                     self.channels_last = True
                     raise
-                with contextlib.suppress(TypeError):
-                    _NEEDS_CONTIGUOUS.add(self.model)
+                _remember(_NEEDS_CONTIGUOUS, self.model)
                 return output
             raise InvalidInputError(
                 f"the model failed on images of shape {tuple(x.shape)}: {str(error).strip()}. {self._input_hint(x)}"

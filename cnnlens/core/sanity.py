@@ -19,6 +19,7 @@ from . import progress
 from .errors import InvalidInputError, UnsupportedError
 from .methods import Backend, run
 from .targets import Target, resolve_targets
+from .types import Explanation
 
 RANDOMISE = "randomise"
 
@@ -48,14 +49,16 @@ def _compare(original: np.ndarray, new: np.ndarray) -> Dict[str, float]:
 
 def randomisation_test(backend: Backend, x: np.ndarray, methods: Sequence[str], target: Target = None,
                        layers: Optional[Sequence[str]] = None, steps: Optional[int] = None, seed: int = 0,
-                       options: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, List[Dict[str, Any]]]:
+                       options: Optional[Dict[str, Dict[str, Any]]] = None,
+                       originals: Optional[Dict[str, Explanation]] = None) -> Dict[str, List[Dict[str, Any]]]:
     """For each method, one entry per cascade step, top layer first:
     ``{"layer": the lowest layer randomised so far, "randomised": how many, "spearman": ..., "ssim": ...}``.
 
     ``layers``: the layers to randomise, bottom to top (default: every layer with learned
     weights, ``backend.parameter_layers()``); ``steps``: report only this many points of the
     cascade, evenly spread. The class explained stays the original prediction (or ``target``).
-    The user's model is never changed: each step explains a randomised copy.
+    The user's model is never changed: each step explains a randomised copy. ``originals``: the
+    methods' explanations of ``x`` already computed with these options, to reuse.
     """
     if RANDOMISE not in backend.capabilities:
         raise UnsupportedError(f"the {backend.name} backend cannot randomise its weights")
@@ -63,7 +66,8 @@ def randomisation_test(backend: Backend, x: np.ndarray, methods: Sequence[str], 
     order = list(backend.parameter_layers() if layers is None else layers)
     cascade = order[::-1]  # top first
     points = cascade_points(len(cascade), steps)
-    originals = {m: run(backend, x, m, target=target, **options.get(m, {})) for m in methods}
+    originals = {m: (originals or {}).get(m) or run(backend, x, m, target=target, **options.get(m, {}))
+                 for m in methods}
     classes = next(iter(originals.values())).target if originals else resolve_targets(target, backend.forward(x).logits)
     result: Dict[str, List[Dict[str, Any]]] = {m: [] for m in methods}
     with progress.task("randomisation", len(points)) as advance:
