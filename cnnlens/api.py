@@ -16,7 +16,7 @@ from .core.types import Explanation, Layer
 
 
 def load(source: Any, device: Optional[str] = None, *, output: Union[None, int, str] = None,
-         trust_pickle: bool = False) -> Backend:
+         layout: str = "auto", trust_pickle: bool = False) -> Backend:
     """A model ready to explain.
 
     ``source``: an ``nn.Module`` or ScriptModule (``device`` moves it there; by default its own
@@ -25,11 +25,14 @@ def load(source: Any, device: Optional[str] = None, *, output: Union[None, int, 
     "cuda:N"; by default CUDA when onnxruntime-gpu and a GPU are there.
     ``output``: for a model with several outputs (a tuple, a dict, several ONNX outputs), the one
     holding the class scores, as an index or a key / output name (default: the first tensor).
+    ``layout``: how the model's image input is laid out: "auto" (ONNX: read off the graph, e.g.
+    a tf2onnx export takes (N, H, W, C); torch: NCHW), "NCHW" or "NHWC". Images are passed NCHW
+    and maps come back NCHW whatever the model's layout; the backend transposes at its boundary.
     ``trust_pickle``: a pickled ``torch.save`` model file is unpickled only when this is True,
     because unpickling runs whatever code the file holds. Returns the backend driving the
     model; every cnnlens function accepts it.
     """
-    return backend_for(source, device=device, output=output, trust_pickle=trust_pickle)
+    return backend_for(source, device=device, output=output, trust_pickle=trust_pickle, layout=layout)
 
 
 def _as_numpy(x: Any) -> Any:

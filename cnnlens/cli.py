@@ -43,8 +43,9 @@ def load_model(spec: str, device: Optional[str] = None, args: Optional[argparse.
 
     output = _output_choice(getattr(args, "output", None))
     trust = bool(getattr(args, "trust_pickle", False))
+    layout = getattr(args, "layout", None) or "auto"
     if os.path.exists(spec) or spec.lower().endswith((".onnx", ".pt", ".pth", ".ts", ".jit")):
-        return cnnlens.load(spec, device=device, output=output, trust_pickle=trust)
+        return cnnlens.load(spec, device=device, output=output, trust_pickle=trust, layout=layout)
     if ":" not in spec:
         raise ModelError(
             f"MODEL {spec!r} is neither a file nor module:attr: give an .onnx file, a TorchScript file, "
@@ -71,7 +72,7 @@ def load_model(spec: str, device: Optional[str] = None, args: Optional[argparse.
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(obj, torch.nn.Module):
         raise ModelError(f"{spec} gave a {type(obj).__name__}, not a torch.nn.Module")
-    return cnnlens.load(obj, device=device, output=output)
+    return cnnlens.load(obj, device=device, output=output, layout=layout)
 
 
 def _output_choice(value: Optional[str]) -> Any:
@@ -93,6 +94,11 @@ def _input_geometry(backend: Any, args: argparse.Namespace):
             channels = int(backend.weights(None).shape[1])
         except (CnnlensError, AttributeError, IndexError):
             channels = 3
+    layout = getattr(backend, "layout", None)
+    if channels not in (1, 3) and layout is not None:
+        other = "NCHW" if layout == "NHWC" else "NHWC"
+        raise ModelError(f"the model's input {getattr(backend, 'input_shape', '')} read as {layout} takes {channels} "
+                         f"channels, and image files have 1 or 3: if the model is laid out {other}, give --layout {other}")
     return channels, size or (224, 224)
 
 
@@ -279,6 +285,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    "scores (an index, a dict key or an ONNX output name; default: the first)")
     p.add_argument("--trust-pickle", action="store_true", help="unpickle a torch.save model file (unpickling runs "
                    "the file's code: only for files you trust)")
+    p.add_argument("--layout", choices=("auto", "NCHW", "NHWC"), default="auto",
+                   help="the model's image layout: auto (ONNX: read off the graph, e.g. NHWC for tf2onnx "
+                   "exports; torch: NCHW), NCHW or NHWC (a torch module that takes (N, H, W, C))")
 
 
 class _Parser(argparse.ArgumentParser):

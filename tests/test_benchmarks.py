@@ -231,11 +231,20 @@ def test_cases_rows_and_passes_per_capability():
     assert got["gradcam"].floor == ("layers", ("block",)) and got["gradcam"].peer_method == "gradcam"
     assert got["gradcam (1 layer: l0)"].peer_method is None
 
-    onnx_caps = frozenset({"forward", "activations", "weights", "linear_head"})
-    assert [c.method for c in cases.cases(w, "onnx", onnx_caps, 12, batch)] == ["cam", "feature_maps", "scorecam",
-                                                                               "occlusion"]
+    forward_only = frozenset({"forward", "activations", "weights", "linear_head"})
+    assert [c.method for c in cases.cases(w, "onnx", forward_only, 12, batch)] == ["cam", "feature_maps", "scorecam",
+                                                                                  "occlusion"]
     no_scorecam = _fake_workload(scorecam_images=0)
-    assert "scorecam" not in [c.method for c in cases.cases(no_scorecam, "onnx", onnx_caps, 12, batch)]
+    assert "scorecam" not in [c.method for c in cases.cases(no_scorecam, "onnx", forward_only, 12, batch)]
+    # ONNX with gradients: the same rows under its own layer names, every floor the forward passes,
+    # the gradient rows compared with the torch backend rather than the peers
+    onnx = {c.method: c for c in cases.cases(w, "onnx", torch_caps, 12, batch, layer="/block/Relu",
+                                              ten_layers=[f"/n{i}" for i in range(10)])}
+    assert list(onnx) == ["saliency", "guided_backprop", "smoothgrad", "gradcam", "gradcam (1 layer: /n0)",
+                          "gradcam (10 layers)", "guided_gradcam", "cam", "feature_maps", "scorecam", "occlusion"]
+    assert {c.floor for c in onnx.values()} == {("forward", None)}
+    assert [m for m, c in onnx.items() if c.peer_method] == ["scorecam", "occlusion"]
+    assert onnx["smoothgrad"].passes == 6 * 5 and onnx["gradcam"].passes == 6
 
 
 # ---------------------------------------------------------------- results: targets and machine names
@@ -268,6 +277,9 @@ def test_check_targets_selects_rows_and_directions():
              peers_={"captum": {"ratio": 0.1}}),
         _row("scorecam", device="cuda:0", numpy_share=0.2),                                     # torchcam missing
         _row("scorecam", backend="onnx", peers_={"torchcam": {"ratio": 1.5}}),
+        _row("saliency", backend="onnx", vs_torch=1.3),
+        _row("saliency", backend="onnx", device="cuda", vs_torch=0.5),                      # CPU only
+        _row("saliency", vs_torch=9.0),                                                     # the torch row itself
     ]
     got = [(c["target"], c["method"], c["backend"], c["device"], c["value"], c["passed"])
            for c in results.check_targets(rows)]
@@ -281,8 +293,11 @@ def test_check_targets_selects_rows_and_directions():
         (texts[6], "occlusion", "onnx", "cpu", 1.2, False),
         (texts[7], "scorecam", "torch", "cuda:0", None, None),
         (texts[7], "scorecam", "onnx", "cpu", 1.5, True),
-        (texts[8], "occlusion", "onnx", "cuda", 0.05, True),
-        (texts[8], "scorecam", "torch", "cuda:0", 0.2, False),
+        (texts[8], "gradcam", "onnx", "cpu", None, None),                                   # vs_torch not computed
+        (texts[9], "saliency", "onnx", "cpu", 1.3, True),
+        (texts[10], "occlusion", "onnx", "cuda", 0.05, True),
+        (texts[10], "scorecam", "torch", "cuda:0", 0.2, False),
+        (texts[10], "saliency", "onnx", "cuda", None, None),
     ]
     assert got == expected
 
@@ -335,8 +350,8 @@ def test_write_results_files(tmp_path):
     assert data["settings"] == settings_ and data["command"] == "python run.py" and data["machine"] == _info()
     lines = text.splitlines()
     assert lines[0] == "# Benchmark: cpu-2core"
-    assert "| w | torch | cpu | gradcam | 8 | 2.00x | 25% | 2.00x |" in lines
-    assert "| w | torch | cpu | saliency | 16 | 2.00x | 25% | - |" in lines
+    assert "| w | torch | cpu | gradcam | 8 | 2.00x | 25% | - | 2.00x |" in lines
+    assert "| w | torch | cpu | saliency | 16 | 2.00x | 25% | - | - |" in lines
     assert "- w / gradcam vs captum: Pearson r = 1.0000" in lines
 
     results.write(str(out), _info(gpu="NVIDIA H200", gpu_memory_gib=139.8), settings_, rows, checks, [], "x")
@@ -396,9 +411,9 @@ def tiny_run():
         smoothgrad=dict(samples=2, noise=0.15), scorecam_images=1, repeats=1, budget=0.0, onnx=onnx)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = measure.WorkloadRun(w, "cpu", log=lambda m: None, skip_peers=False).rows(
-            ["gradcam", "occlusion", "saliency"])
-    return dict(w=w, model=model, before=before, rows=rows)
+        run = measure.WorkloadRun(w, "cpu", log=lambda m: None, skip_peers=False)
+        rows = run.rows(["gradcam", "occlusion", "saliency"])
+    return dict(w=w, model=model, before=before, rows=rows, run=run)
 
 
 def _get(rows, method, backend="torch"):
@@ -417,7 +432,13 @@ def test_tiny_run_rows(tiny_run):
     expected = {("torch", m) for m in ("saliency", "gradcam", f"gradcam (1 layer: {shallow})",
                                        "gradcam (10 layers)", "occlusion")}
     if w.onnx is not None and peers.available("onnxruntime") is not None:
-        expected.add(("onnx", "occlusion"))     # the ONNX backend has no gradients: occlusion only
+        onnx_shallow = [r["method"] for r in rows if r["backend"] == "onnx" and "1 layer" in r["method"]]
+        assert len(onnx_shallow) == 1
+        expected |= {("onnx", m) for m in ("saliency", "gradcam", onnx_shallow[0], "gradcam (10 layers)", "occlusion")}
+        for r in rows:
+            if r["backend"] == "onnx" and r["method"] in ("saliency", "gradcam", "occlusion"):
+                torch_row = _get(rows, r["method"])
+                assert r["vs_torch"] == pytest.approx(torch_row["seconds"] / r["seconds"], rel=1e-12)
     assert {(r["backend"], r["method"]) for r in rows} == expected
     assert w.ten_layers == workloads.spread(w.ten_layers, 10) and len(w.ten_layers) == 10
     for r in rows:
@@ -448,6 +469,7 @@ def test_tiny_run_peers_agree(tiny_run):
     assert settings_["perturbations_per_eval"] in (1, 8, 32)   # the fastest of the CPU choices
     for name in ("1 layer", "10 layers"):
         assert [r for r in rows if name in r["method"]][0]["peers"] == {}
+    assert all(r["peers"] == {} for r in rows if r["backend"] == "onnx" and r["method"] != "occlusion")
 
 
 def test_tiny_run_relates_layers(tiny_run):
@@ -458,6 +480,19 @@ def test_tiny_run_relates_layers(tiny_run):
     assert ten["vs_default_layer"] == pytest.approx(ten["seconds"] / _get(rows, "gradcam")["seconds"], rel=1e-12)
     checks = [c for c in results.check_targets(rows) if c["method"] == "gradcam (10 layers)"]
     assert [c["value"] for c in checks] == [ten["vs_one_layer"]]
+
+
+def test_tiny_run_onnx_layers_are_the_graphs_own(tiny_run):
+    rows, run = tiny_run["rows"], tiny_run["run"]
+    if not any(r["backend"] == "onnx" for r in rows):
+        pytest.skip("onnxruntime is not installed")
+    backend = dict(run.backends())["onnx"]
+    layer, ten = run.layers("onnx", backend)
+    assert layer == backend.resolve_layer("features.denseblock2") and len(ten) == 10
+    spatial = [l.name for l in backend.layers(tuple(tiny_run["w"].images.shape[1:])) if l.spatial]
+    assert ten == workloads.spread(spatial, 10)
+    checks = {(c["target"].split(" on ")[0], c["method"]) for c in results.check_targets(rows) if c["backend"] == "onnx"}
+    assert ("Grad-CAM", "gradcam") in checks and ("Saliency", "saliency") in checks
 
 
 def test_tiny_run_leaves_the_model_as_it_was(tiny_run):

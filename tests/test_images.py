@@ -308,15 +308,16 @@ def test_prepare_errors(tmp_path):
 
 class _Fake:
     def __init__(self, shape):
-        self.input_shape = shape
+        self.image_shape = shape
 
 
 def test_input_size_from_shapes():
-    assert input_size(_Fake(("batch", 3, 224, 224))) == (3, 224, 224)
-    assert input_size(_Fake((1, 1, 28, 28))) == (1, 28, 28)
-    assert input_size(_Fake((None, 3, "height", "width"))) == (3, None, None)
-    assert input_size(_Fake((None, 3, 0, 0))) == (3, None, None)
-    assert input_size(_Fake((None, 10))) is None
+    assert input_size(_Fake((3, 224, 224))) == (3, 224, 224)
+    assert input_size(_Fake((1, 28, 28))) == (1, 28, 28)
+    assert input_size(_Fake((3, "height", "width"))) == (3, None, None)
+    assert input_size(_Fake((3, None, None))) == (3, None, None)
+    assert input_size(_Fake((3, 0, 0))) == (3, None, None)
+    assert input_size(_Fake((10,))) is None
     assert input_size(object()) is None
 
 

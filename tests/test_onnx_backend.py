@@ -27,6 +27,7 @@ import cnnlens
 from cnnlens.adapters.export import to_onnx
 from cnnlens.backends.onnx import OnnxBackend
 from helpers import assert_close, images, randomise_batchnorm
+from onnx_models import hand_model, hand_torch, hand_weights
 
 EXPORTERS = ["legacy", "dynamo"]
 TOL = 1e-4
@@ -469,16 +470,19 @@ def test_backend_input_attributes(backends, exporter):
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-def test_default_layer_is_last_spatial_node(backends, resnet, densenet, x64, exporter):
+def test_default_layer_is_the_modules_default(backends, resnet, densenet, x64, exporter):
+    """The last spatial node that is a module's output: the torch backend's default, the same tensor.
+    DenseNet's last spatial node is the functional F.relu after ``features`` (no module): skipped."""
     for key, model, module in (("resnet", resnet, "layer4"), ("densenet", densenet, "features")):
         backend = backends[key, exporter]
         spatial = [l for l in cnnlens.layers(backend) if l.shape is not None and len(l.shape) == 4
                    and l.shape[2] * l.shape[3] > 1]
+        assert cnnlens.load(model).default_layer(x64.shape) == module
         exp = cnnlens.explain(backend, x64, "feature_maps")
-        assert exp.layer == spatial[-1].name
+        assert exp.layer == backend.resolve_layer(module)
+        assert (exp.layer == spatial[-1].name) == (key == "resnet")
         _, acts = torch_activations(model, x64, [module])
-        want = acts[module] if key == "resnet" else np.maximum(acts[module], 0)  # DenseNet: F.relu after features
-        assert_close(exp.maps, want, TOL)
+        assert_close(exp.maps, acts[module], TOL)
 
 
 # ---------------------------------------------------------------- fixed batch of 1
@@ -540,79 +544,15 @@ def test_hard_coded_batch1_runs_image_by_image(hard_batch1):
 # ---------------------------------------------------------------- a hand-built graph
 
 
-def _hand_weights():
-    rng = np.random.default_rng(7)
-    w = lambda *s: (0.4 * rng.standard_normal(s)).astype(np.float32)  # noqa: E731
-    return dict(w1=w(4, 3, 3, 3), b1=w(4), w2=w(6, 4, 3, 3), b2=0.1, wfc=w(5, 6), bfc=w(5))
-
-
-def _hand_model():
-    """opset 9, batch fixed at 1, initializers also listed as inputs, a Constant weight, an Identity
-    weight, a ConstantOfShape bias, slashed names, and Softmax at the end."""
-    p = _hand_weights()
-    inits = [
-        numpy_helper.from_array(p["b1"], "features.conv1.bias"),
-        numpy_helper.from_array(p["w2"], "features.conv2.weight"),
-        numpy_helper.from_array(np.array([6], np.int64), "/features/conv2/bias_shape"),
-        numpy_helper.from_array(p["wfc"], "classifier.weight"),
-        numpy_helper.from_array(p["bfc"], "classifier.bias"),
-    ]
-    nodes = [
-        helper.make_node("Constant", [], ["/features/conv1/weight"], name="/features/conv1/Constant",
-                         value=numpy_helper.from_array(p["w1"], "w1")),
-        helper.make_node("Identity", ["features.conv2.weight"], ["/features/conv2/weight"],
-                         name="/features/conv2/Identity"),
-        helper.make_node("ConstantOfShape", ["/features/conv2/bias_shape"], ["/features/conv2/bias"],
-                         name="/features/conv2/ConstantOfShape",
-                         value=numpy_helper.from_array(np.array([p["b2"]], np.float32), "v")),
-        helper.make_node("Conv", ["input", "/features/conv1/weight", "features.conv1.bias"],
-                         ["/features/conv1/Conv_output_0"], name="/features/conv1/Conv",
-                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["/features/conv1/Conv_output_0"], ["/features/relu1/Relu_output_0"],
-                         name="/features/relu1/Relu"),
-        helper.make_node("Conv", ["/features/relu1/Relu_output_0", "/features/conv2/weight", "/features/conv2/bias"],
-                         ["/features/conv2/Conv_output_0"], name="/features/conv2/Conv",
-                         kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
-        helper.make_node("Relu", ["/features/conv2/Conv_output_0"], ["/features/relu2/Relu_output_0"],
-                         name="/features/relu2/Relu"),
-        helper.make_node("GlobalAveragePool", ["/features/relu2/Relu_output_0"], ["/pool/GlobalAveragePool_output_0"],
-                         name="/pool/GlobalAveragePool"),
-        helper.make_node("Flatten", ["/pool/GlobalAveragePool_output_0"], ["/Flatten_output_0"], name="/Flatten",
-                         axis=1),
-        helper.make_node("Gemm", ["/Flatten_output_0", "classifier.weight", "classifier.bias"],
-                         ["/classifier/Gemm_output_0"], name="/classifier/Gemm", transB=1),
-        helper.make_node("Softmax", ["/classifier/Gemm_output_0"], ["probs"], name="/Softmax", axis=1),
-    ]
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])] + [
-        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
-    graph = helper.make_graph(nodes, "hand", inputs, [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 5])],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], producer_name="hand")
-    model.ir_version = 4
-    onnx.checker.check_model(model)
-    return model
-
-
-def _hand_torch(x):
-    """The hand-built graph's computation in torch: (probabilities, logits, relu2 activations)."""
-    p = {k: torch.as_tensor(v) for k, v in _hand_weights().items()}
-    t = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    with torch.no_grad():
-        a1 = torch.relu(F.conv2d(t, p["w1"], p["b1"], padding=1))
-        a2 = torch.relu(F.conv2d(a1, p["w2"], torch.full((6,), float(p["b2"])), padding=1, stride=2))
-        logits = a2.mean(dim=(2, 3)) @ p["wfc"].T + p["bfc"]
-        return torch.softmax(logits, 1).numpy(), logits.numpy(), a2.numpy()
-
-
 @pytest.fixture(scope="module")
 def hand():
-    return _hand_model()
+    return hand_model()
 
 
 def test_hand_graph_forward_scores_are_probabilities(hand):
     x = images(4, 3, 16, 16, seed=30)
     exp = cnnlens.explain(hand, x, "feature_maps", layer="/features/relu2/Relu")
-    probs, _, a2 = _hand_torch(x)
+    probs, _, a2 = hand_torch(x)
     assert_close(exp.logits, probs, 1e-5)
     np.testing.assert_allclose(exp.logits.sum(1), 1, atol=1e-5)
     assert_close(exp.maps, a2, 1e-5)
@@ -623,7 +563,7 @@ def test_hand_graph_forward_scores_are_probabilities(hand):
 def test_hand_graph_occlusion_explains_the_softmax(hand, target):
     x = images(4, 3, 16, 16, seed=31)
     exp = cnnlens.explain(hand, x, "occlusion", target=target, window=4, stride=2, baseline=0.5)
-    boxes, drops, clean = occlusion_drops(lambda z: _hand_torch(z)[0], x, 4, 2, 0.5)
+    boxes, drops, clean = occlusion_drops(lambda z: hand_torch(z)[0], x, 4, 2, 0.5)
     classes = classes_for(target, clean)
     np.testing.assert_array_equal(exp.target, classes)
     assert_close(exp.maps, occlusion_map(boxes, drops, classes, (16, 16), 4), TOL)
@@ -632,19 +572,19 @@ def test_hand_graph_occlusion_explains_the_softmax(hand, target):
 def test_hand_graph_cam_through_softmax(hand):
     x = images(4, 3, 16, 16, seed=32)
     exp = cnnlens.explain(hand, x, "cam")
-    probs, _, a2 = _hand_torch(x)
+    probs, _, a2 = hand_torch(x)
     classes = probs.argmax(1)
     assert exp.layer == "/features/relu2/Relu"
-    assert_close(exp.maps, cam_reference(a2, _hand_weights()["wfc"], classes, (16, 16)), 1e-5)
+    assert_close(exp.maps, cam_reference(a2, hand_weights()["wfc"], classes, (16, 16)), 1e-5)
     exp3 = cnnlens.explain(hand, x, "cam", target=3, layer="/features/relu2/Relu_output_0")
-    assert_close(exp3.maps, cam_reference(a2, _hand_weights()["wfc"], np.full(4, 3), (16, 16)), 1e-5)
+    assert_close(exp3.maps, cam_reference(a2, hand_weights()["wfc"], np.full(4, 3), (16, 16)), 1e-5)
 
 
 def test_hand_graph_scorecam_on_probabilities(hand):
     x = images(2, 3, 16, 16, seed=33)
     exp = cnnlens.explain(hand, x, "scorecam", layer="/features/conv1/Conv", target=1)
-    probs, _, _ = _hand_torch(x)
-    p = {k: torch.as_tensor(v) for k, v in _hand_weights().items()}
+    probs, _, _ = hand_torch(x)
+    p = {k: torch.as_tensor(v) for k, v in hand_weights().items()}
     with torch.no_grad():
         a = F.conv2d(torch.from_numpy(x), p["w1"], p["b1"], padding=1).numpy()
     want = []
@@ -652,14 +592,14 @@ def test_hand_graph_scorecam_on_probabilities(hand):
         m = a[j]
         low, span = m.min(axis=(1, 2), keepdims=True), np.ptp(m, axis=(1, 2), keepdims=True)
         masks = np.where(span > 0, (m - low) / np.where(span > 0, span, 1), 0)  # 16x16: no resize needed
-        scores = _hand_torch((x[j][None] * masks[:, None]).astype(np.float32))[0][:, 1]
+        scores = hand_torch((x[j][None] * masks[:, None]).astype(np.float32))[0][:, 1]
         beta = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
         want.append(np.maximum(np.tensordot(beta, m, axes=(0, 0)), 0))
     assert_close(exp.maps, np.stack(want), TOL)
 
 
 def test_hand_graph_filters_and_layers(hand):
-    p = _hand_weights()
+    p = hand_weights()
     np.testing.assert_array_equal(cnnlens.filters(hand), p["w1"])  # made by a Constant node
     np.testing.assert_array_equal(cnnlens.filters(hand, "/features/conv2/Conv"), p["w2"])  # Identity of an initializer
     np.testing.assert_array_equal(cnnlens.filters(hand, "/classifier/Gemm"), p["wfc"])
@@ -718,12 +658,12 @@ def test_hand_graph_batch_of_four_is_made_dynamic(hand):
     x = images(4, 3, 16, 16, seed=34)
     exp = cnnlens.explain(backend, x, "feature_maps", layer="/features/conv2/Conv")
     assert backend._per_image is False and backend._runnable is not None
-    p = {k: torch.as_tensor(v) for k, v in _hand_weights().items()}
+    p = {k: torch.as_tensor(v) for k, v in hand_weights().items()}
     with torch.no_grad():
         a1 = torch.relu(F.conv2d(torch.from_numpy(x), p["w1"], p["b1"], padding=1))
         want = F.conv2d(a1, p["w2"], torch.full((6,), 0.1), padding=1, stride=2).numpy()
     assert_close(exp.maps, want, 1e-5)
-    assert_close(exp.logits, _hand_torch(x)[0], 1e-5)
+    assert_close(exp.logits, hand_torch(x)[0], 1e-5)
 
 
 def test_hand_graph_wrong_input_size(hand):
@@ -731,26 +671,6 @@ def test_hand_graph_wrong_input_size(hand):
         cnnlens.explain(hand, images(1, 3, 20, 20, seed=0), "occlusion")
     with pytest.raises(cnnlens.InvalidInputError):
         cnnlens.explain(hand, images(2, 1, 16, 16, seed=0), "feature_maps")
-
-
-# ---------------------------------------------------------------- gradient methods
-
-
-@pytest.mark.parametrize("method", ["saliency", "guided_backprop", "deconvnet", "smoothgrad", "gradcam",
-                                    "guided_gradcam"])
-def test_gradient_methods_fail_clearly(backends, hand, x32, method):
-    for model, x in ((backends["small", "legacy"], x32), (hand, x32[:1, :, :16, :16])):
-        with pytest.raises(cnnlens.UnsupportedError) as info:
-            cnnlens.explain(model, x, method)
-        message = str(info.value)
-        assert method in message and "onnx" in message
-        listed = {m.strip() for m in message.rsplit("use one of:", 1)[1].split(",")}
-        assert listed == {"cam", "scorecam", "occlusion", "feature_maps"}
-
-
-def test_backward_raises_unsupported(backends, x32):
-    with pytest.raises(cnnlens.UnsupportedError):
-        backends["small", "legacy"].backward(x32, np.ones((2, 5), np.float32))
 
 
 # ---------------------------------------------------------------- without torch
@@ -780,6 +700,8 @@ SUBPROCESS = textwrap.dedent("""
         results[f"logits{i}"] = fm.logits
         results[f"scorecam{i}"] = cnnlens.explain(model, x, "scorecam").maps
         results[f"cam{i}"] = cnnlens.explain(model, x, "cam", target=3).maps
+        results[f"gradcam{i}"] = cnnlens.explain(model, x, "gradcam", layer="relu_2").maps
+        results[f"guided{i}"] = cnnlens.explain(model, x, "guided_backprop", target=[1, 2]).maps
         results[f"filters{i}"] = cnnlens.filters(model)
         results[f"filters_conv_2_{i}"] = cnnlens.filters(model, "conv_2")
         layers = cnnlens.layers(model)
@@ -804,7 +726,13 @@ def test_onnx_path_without_torch(exported, small, x32, tmp_path):
     boxes, drops, clean = occlusion_drops(lambda z: torch_scores(small, z), x32, 8, 4, 0.0)
     logits, acts = torch_activations(small, x32, ["conv_2", "relu_2"])
     weight = small.fc.weight.detach().numpy()
+    reference = cnnlens.load(small)
+    reference.channels_last = False
+    gradcam = cnnlens.explain(reference, x32, "gradcam", layer="relu_2").maps
+    guided = cnnlens.explain(reference, x32, "guided_backprop", target=[1, 2]).maps
     for i in range(2):
+        assert_close(got[f"gradcam{i}"], gradcam, TOL)
+        assert_close(got[f"guided{i}"], guided, TOL)
         assert_close(got[f"logits{i}"], logits, TOL)
         assert_close(got[f"occlusion{i}"], occlusion_map(boxes, drops, np.array([1, 2]), (32, 32), 8), TOL)
         assert_close(got[f"feature_maps{i}"], acts["conv_2"], TOL)
@@ -845,7 +773,7 @@ def test_io_binding_gives_identical_results(exported, small, x32):
     plain = OnnxBackend(proto)
     bound = OnnxBackend(proto, io_binding=True)
     for method, kw in (("occlusion", dict(window=8, stride=4)), ("feature_maps", dict(layer="conv_2")),
-                       ("scorecam", {}), ("cam", {})):
+                       ("scorecam", {}), ("cam", {}), ("gradcam", {}), ("guided_gradcam", {}), ("saliency", {})):
         a = cnnlens.explain(plain, x32, method, **kw)
         b = cnnlens.explain(bound, x32, method, **kw)
         np.testing.assert_array_equal(a.maps, b.maps)

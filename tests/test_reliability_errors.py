@@ -48,6 +48,22 @@ MODEL_SOURCE = textwrap.dedent('''
         torch.manual_seed(0)
         return Small()
 
+    class Odd(nn.Module):
+        """A running sum (CumSum: no backward rule on ONNX) between two convolutions."""
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            x = torch.relu(self.conv2(torch.relu(self.conv1(x)).cumsum(3)))
+            return self.fc(x.mean(dim=(2, 3)))
+
+    def odd():
+        torch.manual_seed(0)
+        return Odd()
+
     def flat():
         """No global average pooling: the head flattens a 16x16 map."""
         torch.manual_seed(0)
@@ -55,7 +71,7 @@ MODEL_SOURCE = textwrap.dedent('''
 ''')
 _namespace: dict = {}
 exec(MODEL_SOURCE, _namespace)  # the same classes the CLI imports as relnet:build / relnet:flat
-build, flat = _namespace["build"], _namespace["flat"]
+build, flat, odd = _namespace["build"], _namespace["flat"], _namespace["odd"]
 
 
 def conv_only():
@@ -150,6 +166,7 @@ def files(tmp_path_factory):
     (root / "relnet.py").write_text(MODEL_SOURCE)
     to_onnx(build(), str(root / "good.onnx"), input_shape=(3, 16, 16), exporter="legacy")
     to_onnx(conv_only(), str(root / "maps.onnx"), input_shape=(3, 16, 16), exporter="legacy")
+    to_onnx(odd(), str(root / "odd.onnx"), input_shape=(3, 16, 16), exporter="legacy")
     data = (root / "good.onnx").read_bytes()
     (root / "trunc.onnx").write_bytes(data[:len(data) // 2])
     (root / "m.onnx").write_bytes(b"")
@@ -172,6 +189,7 @@ def ctx(files):
         model=build(),
         onnx=cnnlens.load(str(files / "good.onnx")),
         maps_onnx=cnnlens.load(str(files / "maps.onnx")),
+        odd_onnx=cnnlens.load(str(files / "odd.onnx")),
         p=lambda name: str(files / name),
     )
 
@@ -187,7 +205,9 @@ def workdir(files, monkeypatch):
 
 # ---------------------------------------------------------------- the API
 
-ONNX_METHODS = r"On this backend use one of: cam, scorecam, occlusion, feature_maps"
+#: what runs on odd.onnx, whose CumSum has no backward rule: every method but those that need input gradients
+ODD_METHODS = r"On this backend use one of: gradcam, cam, scorecam, occlusion, feature_maps"
+ODD_WHY = r"for this model \(the gradient cannot pass op CumSum \(node '/CumSum'\): no backward rule for this op\)"
 
 
 def case(id_, call, error, message, *marks):
@@ -290,12 +310,17 @@ API_CASES = [
     case("cam-max-pool-head", lambda c: cnnlens.explain(max_pool_head(), X, "cam"), cnnlens.ModelError,
          r"cam needs .*global average pooling followed by one linear layer.*Use gradcam"),
     case("cam-onnx-no-head", lambda c: cnnlens.explain(c.maps_onnx, X, "cam"), cnnlens.ModelError,
-         r"global average pooling followed by one Gemm or MatMul.*Use scorecam or occlusion"),
-    *[case(f"gradient-on-onnx-{m}", lambda c, m=m: on_onnx(c, X, m), cnnlens.UnsupportedError,
-           rf"{m} needs .*which the onnx backend does not provide\. {ONNX_METHODS}")
-      for m in ("saliency", "gradcam", "guided_backprop", "smoothgrad", "deconvnet", "guided_gradcam")],
-    case("gradient-on-onnx-with-options", lambda c: on_onnx(c, X, "smoothgrad", samples=2, target=1),
-         cnnlens.UnsupportedError, rf"smoothgrad needs .*{ONNX_METHODS}"),
+         r"global average pooling followed by one Gemm or MatMul.*Use gradcam, scorecam or occlusion"),
+    *[case(f"gradient-on-onnx-op-without-rule-{m}", lambda c, m=m: cnnlens.explain(c.odd_onnx, X, m),
+           cnnlens.UnsupportedError, rf"{m} needs input_gradients.*which the onnx backend does not provide "
+           rf"{ODD_WHY}\. {ODD_METHODS}")
+      for m in ("saliency", "guided_backprop", "smoothgrad", "deconvnet", "guided_gradcam")],
+    case("gradient-on-onnx-with-options", lambda c: cnnlens.explain(c.odd_onnx, X, "smoothgrad", samples=2, target=1),
+         cnnlens.UnsupportedError, rf"smoothgrad needs .*{ODD_METHODS}"),
+    case("gradcam-on-onnx-below-an-op-without-rule",
+         lambda c: cnnlens.explain(c.odd_onnx, X, "gradcam", layer="conv1"), cnnlens.UnsupportedError,
+         r"cannot differentiate this ONNX model from this layer to its scores: op CumSum \(node '/CumSum'\) has "
+         r"no gradient rule.*name a layer above that node, or use cam, scorecam, occlusion, feature_maps"),
     case("layer-method-on-torchscript",
          lambda c: cnnlens.explain(scripted(), X, "gradcam"),
          cnnlens.UnsupportedError,
@@ -497,9 +522,11 @@ CLI_CASES = [
     # ------------------------------------------------ methods and layers
     pytest.param(["explain", "good.onnx", "img.png", "-m", "scorecm"],
                  r"unknown method 'scorecm'\. Did you mean 'scorecam'", id="unknown-method-onnx"),
-    *[pytest.param(["explain", "good.onnx", "img.png", "-m", m],
-                   rf"{m} needs .*which the onnx backend does not provide\. {ONNX_METHODS}", id=f"onnx-{m}")
-      for m in ("saliency", "gradcam", "guided_backprop", "smoothgrad")],
+    *[pytest.param(["explain", "odd.onnx", "img.png", "-m", m],
+                   rf"{m} needs .*which the onnx backend does not provide {ODD_WHY}\. {ODD_METHODS}", id=f"onnx-{m}")
+      for m in ("saliency", "guided_backprop", "smoothgrad")],
+    pytest.param(["explain", "odd.onnx", "img.png", "-m", "gradcam", "-l", "conv1"],
+                 r"op CumSum \(node '/CumSum'\) has no gradient rule", id="onnx-gradcam-below-cumsum"),
     pytest.param(["explain", "relnet:build", "img.png", *T, "-m", "gradcam", "-l", "conv"],
                  r"unknown layer 'conv'\. Did you mean (?=.*'conv1')(?=.*'conv2')", id="unknown-layer"),
     pytest.param(["explain", "relnet:build", "img.png", *T, "-m", "scorecam", "-l", "fc"],

@@ -177,13 +177,22 @@ def test_trace_cache_per_model_is_bounded():
 
 
 def test_onnx_sessions_per_backend_are_bounded(tmp_path):
+    """Forward sessions (one per set of extra outputs) and gradient sessions (one per layers, rule and
+    image size) share one bound; the plain forward session is always kept."""
     path = to_onnx(small(), str(tmp_path / "s.onnx"), input_shape=(3, 16, 16))
     backend = cnnlens.load(path)
-    names = [l.name for l in backend.layers((3, 16, 16))]
+    layers = backend.layers((3, 16, 16))
+    names = [l.name for l in layers]
+    spatial = [l.name for l in layers if l.spatial]
     first = cnnlens.explain(backend, X, "feature_maps", layer=names[0]).maps
-    for _ in range(3):
+    first_cam = cnnlens.explain(backend, X, "gradcam", layer=spatial[0]).maps
+    for _ in range(2):
         for name in names:
             cnnlens.explain(backend, X, "feature_maps", layer=name)
-    assert len([k for k in backend._sessions if k]) <= onnx_backend._SESSIONS_KEPT
+        for name in spatial:
+            cnnlens.explain(backend, X, "gradcam", layer=name)
+            cnnlens.explain(backend, X, "guided_gradcam", layer=name)
+    assert len(backend._sessions) <= onnx_backend.runtime.SESSIONS_KEPT + 1
     # an evicted session is simply made again, with the same result
     np.testing.assert_array_equal(cnnlens.explain(backend, X, "feature_maps", layer=names[0]).maps, first)
+    np.testing.assert_array_equal(cnnlens.explain(backend, X, "gradcam", layer=spatial[0]).maps, first_cam)

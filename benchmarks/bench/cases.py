@@ -3,8 +3,8 @@ the floor it is measured against and the peers that compute the same thing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,12 +43,19 @@ def positions(size: int, window: int, stride: int) -> int:
     return len(range(0, size - window + 1, stride)) + (1 if (size - window) % stride else 0)
 
 
-def cases(w: Workload, backend: str, capabilities: frozenset, channels: int, batch: Dict[str, int]) -> List[Case]:
+def cases(w: Workload, backend: str, capabilities: frozenset, channels: int, batch: Dict[str, int],
+          layer: Optional[str] = None, ten_layers: Optional[Sequence[str]] = None) -> List[Case]:
     """Every row this backend can run on this workload. ``channels``: channels at ``w.layer``;
-    ``batch``: the batch sizes cnnlens picks for forward and backward passes."""
+    ``batch``: the batch sizes cnnlens picks for forward and backward passes; ``layer`` and
+    ``ten_layers``: the workload's layers as this backend names them (default: the module paths).
+
+    ONNX Runtime has no backward pass of its own, so an ONNX row's floor is always the model's
+    forward passes; its gradient rows are compared with the torch backend's instead of the peers."""
     x, t = w.images, w.targets
     n = len(x)
     size = x.shape[2]
+    layer = layer or w.layer
+    ten = list(ten_layers or w.ten_layers)
     rows: List[Case] = []
     gradients = "input_gradients" in capabilities
     if gradients:
@@ -61,25 +68,28 @@ def cases(w: Workload, backend: str, capabilities: frozenset, channels: int, bat
         rows.append(Case("smoothgrad", "smoothgrad", n, _explain(x, t, "smoothgrad", **w.smoothgrad),
                          ("input", None), n * s, "smoothgrad", dict(w.smoothgrad, batch=batch["backward"])))
     if "layer_gradients" in capabilities:
-        rows.append(Case("gradcam", "gradcam", n, _explain(x, t, "gradcam", w.layer), ("layers", (w.layer,)), n, "gradcam"))
-        shallow = w.ten_layers[0]
+        rows.append(Case("gradcam", "gradcam", n, _explain(x, t, "gradcam", layer), ("layers", (layer,)), n, "gradcam"))
+        shallow = ten[0]
         rows.append(Case(f"gradcam (1 layer: {shallow})", "gradcam", n, _explain(x, t, "gradcam", shallow),
                          ("layers", (shallow,)), n))
-        rows.append(Case("gradcam (10 layers)", "gradcam", n, _explain(x, t, "gradcam", list(w.ten_layers)),
-                         ("layers", tuple(w.ten_layers)), n))
+        rows.append(Case("gradcam (10 layers)", "gradcam", n, _explain(x, t, "gradcam", ten),
+                         ("layers", tuple(ten)), n))
     if "relu_rules" in capabilities and "layer_gradients" in capabilities:
-        rows.append(Case("guided_gradcam", "guided_gradcam", n, _explain(x, t, "guided_gradcam", w.layer),
+        rows.append(Case("guided_gradcam", "guided_gradcam", n, _explain(x, t, "guided_gradcam", layer),
                          ("input", None), n, "guided_gradcam"))
     if "linear_head" in capabilities:
         rows.append(Case("cam", "cam", n, _explain(x, t, "cam"), ("forward", None), n))
     if "activations" in capabilities:
-        rows.append(Case("feature_maps", "feature_maps", n, _explain(x, t, "feature_maps", w.layer), ("forward", None), n))
+        rows.append(Case("feature_maps", "feature_maps", n, _explain(x, t, "feature_maps", layer), ("forward", None), n))
     if "activations" in capabilities and w.scorecam_images:
         m = w.scorecam_images
-        rows.append(Case("scorecam", "scorecam", m, _explain(x[:m], t[:m], "scorecam", w.layer), ("forward", None),
+        rows.append(Case("scorecam", "scorecam", m, _explain(x[:m], t[:m], "scorecam", layer), ("forward", None),
                          m * (channels + 1), "scorecam", dict(batch=batch["forward"]), m))
     m = w.occlusion_images
     p = positions(size, w.occlusion["window"], w.occlusion["stride"]) ** 2
     rows.append(Case("occlusion", "occlusion", m, _explain(x[:m], t[:m], "occlusion", **w.occlusion), ("forward", None),
                      m * (p + 1), "occlusion", dict(w.occlusion), m))
+    if backend == "onnx":  # one forward pass per image is all ONNX Runtime offers as a floor
+        rows = [row if row.floor[0] == "forward" else replace(row, floor=("forward", None), peer_method=None)
+                for row in rows]
     return rows

@@ -10,7 +10,7 @@ import numpy as np
 from . import floors, peers
 from .cases import Case, FloorKind, cases
 from .timing import measure, measure_interleaved, synchronizer
-from .workloads import Workload
+from .workloads import Workload, spread
 
 
 class TimedBackend:
@@ -196,7 +196,8 @@ class WorkloadRun:
         for backend_name, target in self.backends():
             backend = self.torch_backend if backend_name == "torch" else target
             batch = self.batches(backend)
-            for case in cases(self.w, backend_name, backend.capabilities, self.channels, batch):
+            layer, ten = self.layers(backend_name, backend)
+            for case in cases(self.w, backend_name, backend.capabilities, self.channels, batch, layer, ten):
                 if methods and case.explain not in methods:
                     continue
                 self.log(f"  {backend_name} {case.method} ({case.images} images)")
@@ -229,7 +230,30 @@ class WorkloadRun:
                     numpy_share=max(0.0, 1.0 - timed.seconds / total), peers=found,
                 ))
         _relate_layers(out)
+        _relate_backends(out)
         return out
+
+    def layers(self, name: str, backend: Any) -> Tuple[str, List[str]]:
+        """The CAM layer and ten spatial layers as ``backend`` names them: the workload's module paths
+        for torch; for ONNX the node the CAM layer's module path names, and ten of its own spatial
+        nodes (module paths of BatchNorms folded into convolutions have no node of their own)."""
+        if name == "torch":
+            return self.w.layer, list(self.w.ten_layers)
+        shape = tuple(self.w.images.shape[1:])
+        spatial = [l.name for l in backend.layers(shape) if l.spatial]
+        return backend.resolve_layer(self.w.layer), spread(spatial, 10)
+
+
+def _relate_backends(rows: List[Dict[str, Any]]) -> None:
+    """Give each ONNX row the torch backend's time for the same method over its own (above 1: ONNX
+    Runtime explains faster than the torch backend)."""
+    for row in rows:
+        if row["backend"] == "torch":
+            continue
+        for other in rows:
+            if (other["backend"], other["workload"], other["device"], other["method"]) == \
+                    ("torch", row["workload"], row["device"], row["method"]):
+                row["vs_torch"] = other["seconds"] / row["seconds"]
 
 
 def _relate_layers(rows: List[Dict[str, Any]]) -> None:

@@ -49,6 +49,10 @@ TARGETS: List[Target] = [
     Target("Occlusion on ONNX Runtime (CPU) <= 1.10x its forward floor", _is("occlusion", "onnx", "cpu"),
            lambda r: r["floor_ratio"], "<=", 1.10),
     Target("Score-CAM >= 1.5x torchcam", _is("scorecam"), _peer("torchcam"), ">=", 1.5),
+    Target("Grad-CAM on ONNX Runtime (CPU) >= 1.0x the torch backend's throughput", _is("gradcam", "onnx", "cpu"),
+           lambda r: r.get("vs_torch"), ">=", 1.0),
+    Target("Saliency on ONNX Runtime (CPU) >= 1.0x the torch backend's throughput", _is("saliency", "onnx", "cpu"),
+           lambda r: r.get("vs_torch"), ">=", 1.0),
     Target("On a GPU: the NumPy share of the time under 10%", lambda r: r["device"].startswith("cuda"),
            lambda r: r.get("numpy_share"), "<=", 0.10),
 ]
@@ -111,11 +115,13 @@ def _fmt(value: Optional[float], digits: int = 2, suffix: str = "x") -> str:
 
 def table(rows: List[Row], peers: List[str]) -> str:
     """The Markdown table: throughput, cnnlens over its floor, and each peer's time over cnnlens's."""
-    head = ["model", "backend", "device", "method", "images/s", "x floor", "NumPy share"] + [f"{p} / cnnlens" for p in peers]
+    head = (["model", "backend", "device", "method", "images/s", "x floor", "NumPy share", "torch / onnx"]
+            + [f"{p} / cnnlens" for p in peers])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["workload"], r["backend"], r["device"], r["method"], f"{r['images_per_s']:.3g}",
-                 _fmt(r["floor_ratio"]), _fmt(None if r.get("numpy_share") is None else 100 * r["numpy_share"], 0, "%")]
+                 _fmt(r["floor_ratio"]), _fmt(None if r.get("numpy_share") is None else 100 * r["numpy_share"], 0, "%"),
+                 _fmt(r.get("vs_torch"))]
         for p in peers:
             entry = r["peers"].get(p)
             cells.append("-" if not entry else _fmt(entry["ratio"]))
@@ -145,8 +151,10 @@ def markdown(info: Dict[str, Any], settings: Dict[str, Any], rows: List[Row], ch
         f"Versions: {versions}.",
         f"Command: `{command}`; {settings['mode']} mode; median of up to {settings['repeats']} timed calls after one warm-up.",
         "",
-        "Ratios: `x floor` is cnnlens's time over the model's own cost for the same work (plain PyTorch or",
-        "ONNX Runtime, best batch size); `peer / cnnlens` is the peer's time over cnnlens's (above 1: cnnlens is faster).",
+        "Ratios: `x floor` is cnnlens's time over the model's own cost for the same work (plain PyTorch, best",
+        "batch size; for ONNX Runtime, which has no backward pass of its own, its forward passes alone);",
+        "`torch / onnx` is the torch backend's time for the same method over the ONNX backend's (above 1: ONNX",
+        "Runtime is faster); `peer / cnnlens` is the peer's time over cnnlens's (above 1: cnnlens is faster).",
         "",
         table(rows, peers),
         "",

@@ -200,9 +200,12 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
                 row["pointing_game"] = pointing_game(exp.maps, data.boxes[pointing])
                 row.update(deletion_insertion_auc(backend, x_all[pointing], exp.maps, exp.target,
                                                   steps=config.deletion_steps))
-            table.append(row)
             if label == "torch":
                 torch_results[method] = exp
+            elif method in torch_results:  # the export against its original: the same map, to float rounding
+                reference = torch_results[method].maps
+                row["difference"] = float(np.abs(exp.maps - reference).max() / max(np.abs(reference).max(), 1e-30))
+            table.append(row)
             _say(f"  {label:5} {method:16} {_scores_text(row)} {seconds:6.2f} s")
         if label == "torch":  # what a map that knows nothing scores: the floor to judge the others by
             noise = np.random.default_rng(config.seed).random((len(pointing),) + x_all.shape[2:])
@@ -241,6 +244,8 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
         "onnx": {"pointing_game": {r["method"]: r["pointing_game"] for r in table
                                    if r["backend"] == "onnx" and r["pointing_game"] is not None},
                  "seconds": {r["method"]: round(r["seconds"], 3) for r in table if r["backend"] == "onnx"},
+                 "difference_to_torch": {r["method"]: r["difference"] for r in table
+                                         if r["backend"] == "onnx" and "difference" in r},
                  "provider": onnx_backend.provider},
         "pointing_images": int(len(pointing)),
         "training_seconds": round(train_seconds, 1),
@@ -309,11 +314,15 @@ def _figures(out, model, backend, data, x_all, shown_pos, shown, shown_exps) -> 
 def _print_table(table: List[Dict[str, Any]], accuracy: float, out: str, total: float) -> None:
     _say("")
     _say(f"validation accuracy {accuracy:.3f}; measured on {table[0]['images']} held-out positives "
-         f"(randomisation: Spearman of |maps| with all weights re-drawn, top layer first)")
-    _say(f"{'method':16} {'backend':8} {'pointing':>8} {'deletion':>8} {'insertion':>9} {'random':>7} {'seconds':>8}")
+         f"(randomisation: Spearman of |maps| with all weights re-drawn, top layer first; vs torch: the ONNX "
+         f"export's largest difference to the module's map, relative to the map's largest value)")
+    _say(f"{'method':16} {'backend':8} {'pointing':>8} {'deletion':>8} {'insertion':>9} {'random':>7} {'seconds':>8} "
+         f"{'vs torch':>9}")
     for row in table:
         cells = [f"{row[k]:.2f}" if row.get(k) is not None else "-" for k in ("pointing_game", "deletion_auc", "insertion_auc")]
         last = f"{row['randomisation'][-1]['spearman']:.2f}" if row.get("randomisation") else "-"
-        _say(f"{row['method']:16} {row['backend']:8} {cells[0]:>8} {cells[1]:>8} {cells[2]:>9} {last:>7} {row['seconds']:8.2f}")
+        difference = f"{row['difference']:.1e}" if "difference" in row else "-"
+        _say(f"{row['method']:16} {row['backend']:8} {cells[0]:>8} {cells[1]:>8} {cells[2]:>9} {last:>7} {row['seconds']:8.2f} "
+             f"{difference:>9}")
     _say(f"\nwrote {out}/report.html, figures, summary.json, model.onnx, model.pt ({total:.0f} s)")
     sys.stdout.flush()

@@ -42,11 +42,12 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(temporary)
 
 
-def _example(model, input_shape: Sequence[int]):
+def _example(model, input_shape: Sequence[int], batch: int = 1):
+    """A zero input of ``input_shape`` ((C, H, W) gets a batch axis of ``batch``) on the model's device."""
     import torch
 
     shape = tuple(int(v) for v in input_shape)
-    shape = (1,) + shape if len(shape) == 3 else shape
+    shape = (batch,) + shape if len(shape) == 3 else shape
     params = list(model.parameters()) or list(model.buffers())
     device = params[0].device if params else torch.device("cpu")
     dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
@@ -69,7 +70,8 @@ def to_onnx(model, path: str, input_shape: Sequence[int] = (3, 224, 224), *, ops
 
     if exporter not in ("dynamo", "legacy"):
         raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
-    example = _example(model, input_shape)
+    # torch.export specialises a dimension of size 1, so the dynamo exporter traces a batch of 2
+    example = _example(model, input_shape, batch=2 if exporter == "dynamo" else 1)
     with evaluating(model), atomic_path(path) as temporary, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' progress notes and deprecation chatter
         if exporter == "dynamo":

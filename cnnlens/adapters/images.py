@@ -239,16 +239,17 @@ def prepare(paths: Union[PathLike, Sequence[PathLike]], size: Size, mean: Stats 
 
 
 def input_size(backend: Any) -> Optional[Tuple[Optional[int], Optional[int], Optional[int]]]:
-    """The (C, H, W) a model takes, from an ONNX backend's ``input_shape``.
+    """The (C, H, W) a model takes (NCHW, whatever its own layout), from an ONNX backend's
+    ``image_shape``.
 
     Each entry is an int, or None where the graph leaves it symbolic. Returns None when the
     backend declares no 4-D input shape (torch modules): the caller then needs a size.
     """
-    shape = getattr(backend, "input_shape", None)
-    if shape is None or len(shape) != 4:
+    shape = getattr(backend, "image_shape", None)
+    if shape is None or len(shape) != 3:
         return None
     dims = tuple(
         int(d) if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 else None
-        for d in shape[1:]
+        for d in shape
     )
     return dims  # type: ignore[return-value]

@@ -24,42 +24,51 @@ def _is_backend(model: Any) -> bool:
 
 
 def backend_for(model: Any, device: Optional[str] = None, output: Union[None, int, str] = None,
-                trust_pickle: bool = False) -> Backend:
+                trust_pickle: bool = False, layout: str = "auto") -> Backend:
     """The backend driving ``model``: a loaded backend, an ``nn.Module`` / ScriptModule, an
     ``onnx.ModelProto``, ONNX bytes, or a path to an ``.onnx`` or TorchScript file (or, with
     ``trust_pickle``, a pickled ``torch.save`` model). ``output`` picks which of several model
-    outputs holds the class scores (an index, or a dict key / ONNX output name)."""
+    outputs holds the class scores (an index, or a dict key / ONNX output name); ``layout`` how
+    the model's image input is laid out ("auto", "NCHW", "NHWC")."""
     if _is_backend(model):
-        if device is not None or output is not None:
-            return backend_for(getattr(model, "model"), device, output)
+        if device is not None or output is not None or layout != "auto":
+            kept = "NHWC" if getattr(model, "layout", None) == "NHWC" else "auto"  # an NHWC model stays so
+            return backend_for(getattr(model, "model"), device, output if output is not None else
+                               _output_of(model), layout=layout if layout != "auto" else kept)
         return model
     torch = _module("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         from .torch import TorchBackend
 
-        return TorchBackend(model, device=device, output=output)
+        return TorchBackend(model, device=device, output=output, layout=layout)
     onnx = _module("onnx")
     if onnx is not None and isinstance(model, onnx.ModelProto):
-        return _onnx(model, device, output)
+        return _onnx(model, device, output, layout)
     if isinstance(model, (bytes, bytearray, memoryview)):
-        return _onnx(model, device, output)
+        return _onnx(model, device, output, layout)
     if isinstance(model, (str, os.PathLike)):
-        return _from_path(os.fspath(model), device, output, trust_pickle)
+        return _from_path(os.fspath(model), device, output, trust_pickle, layout)
     raise ModelError(
         f"cannot explain an object of type {type(model).__module__}.{type(model).__qualname__}: pass a "
         f"torch.nn.Module, an onnx.ModelProto, or a path to an .onnx or TorchScript file (cnnlens.load(...))"
     )
 
 
-def _onnx(source: Any, device: Optional[str], output: Union[None, int, str] = None) -> Backend:
+def _output_of(backend: Any) -> Union[None, int, str]:
+    """The output choice a loaded backend was made with."""
+    return getattr(backend, "output_name", None) or getattr(backend, "output", None)
+
+
+def _onnx(source: Any, device: Optional[str], output: Union[None, int, str] = None, layout: str = "auto") -> Backend:
     try:
         from .onnx import OnnxBackend, read_model
     except ImportError as error:
         raise ModelError(f"reading ONNX models needs onnx and onnxruntime ({error}): pip install 'cnnlens[onnx]'") from None
-    return OnnxBackend(read_model(source), device=device, output=output)
+    return OnnxBackend(read_model(source), device=device, output=output, layout=layout)
 
 
-def _from_path(path: str, device: Optional[str], output: Union[None, int, str], trust_pickle: bool) -> Backend:
+def _from_path(path: str, device: Optional[str], output: Union[None, int, str], trust_pickle: bool,
+               layout: str = "auto") -> Backend:
     if not os.path.exists(path):
         raise ModelError(f"no such model file: {path}: check the path, and give an .onnx file, a TorchScript "
                          f"file, or (command line) module:attr naming a function that returns an nn.Module")
@@ -68,7 +77,7 @@ def _from_path(path: str, device: Optional[str], output: Union[None, int, str], 
     if os.path.getsize(path) == 0:
         raise ModelError(f"{path} is empty: export the model again")
     if path.lower().endswith(".onnx"):
-        return _onnx(path, device, output)
+        return _onnx(path, device, output, layout)
     if _is_pickle(path):
         if not trust_pickle:
             raise ModelError(
@@ -77,15 +86,15 @@ def _from_path(path: str, device: Optional[str], output: Union[None, int, str], 
                 f"cnnlens.load(path, trust_pickle=True) (command line: --trust-pickle). Safer: save the model "
                 f"with cnnlens.adapters.export.to_torchscript or to_onnx"
             )
-        return _pickled(path, device, output)
+        return _pickled(path, device, output, layout)
     if zipfile.is_zipfile(path):
-        return _torchscript(path, device, output)
+        return _torchscript(path, device, output, layout)
     if path.lower().endswith(_TORCHSCRIPT_SUFFIXES):
         raise ModelError(
             f"{path} is not a TorchScript archive (a torch.jit.save zip file): export it with "
             f"cnnlens.adapters.export.to_torchscript, or load the module in Python and pass it to cnnlens"
         )
-    return _onnx(path, device, output)
+    return _onnx(path, device, output, layout)
 
 
 def _is_pickle(path: str) -> bool:
@@ -111,7 +120,7 @@ def _torch_module():
     return torch
 
 
-def _pickled(path: str, device: Optional[str], output: Union[None, int, str]) -> Backend:
+def _pickled(path: str, device: Optional[str], output: Union[None, int, str], layout: str = "auto") -> Backend:
     torch = _torch_module()
     from .torch import TorchBackend
 
@@ -126,10 +135,11 @@ def _pickled(path: str, device: Optional[str], output: Union[None, int, str]) ->
         )
     if not isinstance(obj, torch.nn.Module):
         raise ModelError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
-    return TorchBackend(obj, device=device, output=output)
+    return TorchBackend(obj, device=device, output=output, layout=layout)
 
 
-def _torchscript(path: str, device: Optional[str], output: Union[None, int, str] = None) -> Backend:
+def _torchscript(path: str, device: Optional[str], output: Union[None, int, str] = None,
+                 layout: str = "auto") -> Backend:
     torch = _torch_module()
     from .torch import TorchBackend
 
@@ -143,4 +153,4 @@ def _torchscript(path: str, device: Optional[str], output: Union[None, int, str]
             f"{str(error).splitlines()[0] if str(error) else ''}). Export it again with "
             f"cnnlens.adapters.export.to_torchscript"
         ) from None
-    return TorchBackend(module, device=device, output=output)
+    return TorchBackend(module, device=device, output=output, layout=layout)

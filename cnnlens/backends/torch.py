@@ -267,10 +267,17 @@ def _seeded(module: nn.Module, seed: int) -> Iterator[None]:
 # ---------------------------------------------------------------- the backend
 
 
+def _layout(layout: str) -> str:
+    if not isinstance(layout, str) or layout.upper() not in ("AUTO", "NCHW", "NHWC"):
+        raise ModelError(f"layout must be 'auto', 'NCHW' or 'NHWC', got {layout!r}")
+    return "NHWC" if layout.upper() == "NHWC" else "NCHW"
+
+
 class TorchBackend:
     """An ``nn.Module`` behind the Backend protocol (see ``backends/base.py``)."""
 
-    def __init__(self, model: nn.Module, device: Optional[str] = None, output: Union[None, int, str] = None):
+    def __init__(self, model: nn.Module, device: Optional[str] = None, output: Union[None, int, str] = None,
+                 layout: str = "auto"):
         if not isinstance(model, nn.Module):
             raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -293,6 +300,11 @@ class TorchBackend:
         #: oneDNN's convolutions run 1.2-1.7x faster so. A model that cannot take it (a ``view``
         #: that needs contiguous memory) is retried contiguous, and stays so.
         self.channels_last = convolutional and self.device.type == "cpu" and not self.scripted and not _known_contiguous(model)
+        #: "NCHW", or "NHWC" for a module that takes (N, H, W, C) images (said with layout="NHWC": a
+        #: module's input layout cannot be read off it). Images are passed NCHW either way.
+        self.layout = _layout(layout)
+        if self.layout == "NHWC":
+            self.channels_last = False
 
     def __repr__(self) -> str:
         return f"TorchBackend({type(self.model).__name__}, device={self.device})"
@@ -311,6 +323,9 @@ class TorchBackend:
 
     def _input(self, x: np.ndarray) -> torch.Tensor:
         # Always a copy: a model that writes to its input must not change the caller's images.
+        x = np.asarray(x)
+        if self.layout == "NHWC" and x.ndim == 4:
+            x = x.transpose(0, 2, 3, 1)
         layout = torch.channels_last if self.channels_last and x.ndim == 4 else torch.contiguous_format
         return torch.from_numpy(np.asarray(x)).to(device=self.device, dtype=self.dtype, memory_format=layout, copy=True)
 
@@ -365,7 +380,7 @@ class TorchBackend:
                 handles.append(module.register_forward_pre_hook(pre(name)))
                 handles.append(module.register_forward_hook(post(name)))
             with _EvalState.evaluating(self.model), torch.no_grad():
-                self.model(torch.zeros((1,) + key, device=self.device, dtype=self.dtype))
+                self.model(self._input(np.zeros((1,) + key, dtype=np.float32)))
         except LayerError:
             raise
         except Exception as error:
@@ -489,7 +504,7 @@ class TorchBackend:
         with torch.no_grad():
             for i, name in enumerate(names):
                 _reinitialise(modules[name], int(seed) + i, scripted=self.scripted)
-        backend = TorchBackend(model, output=self.output)
+        backend = TorchBackend(model, output=self.output, layout=self.layout)
         backend.channels_last = self.channels_last
         return backend
 
@@ -575,7 +590,8 @@ class TorchBackend:
                 wanted = ([xt] if input_grad else []) + activations
             grads = self._grad(logits, wanted, seed_t, retain=False) if wanted else []
             if input_grad:
-                result.input_grad = _numpy(grads.pop(0))
+                grad = grads.pop(0)
+                result.input_grad = _numpy(grad.permute(0, 3, 1, 2) if self.layout == "NHWC" else grad)
             layer_grads = layer_grads if layer_grads is not None else grads
             host = _to_host(list(activations) + list(layer_grads))
             for i, n in enumerate(layers):

@@ -16,7 +16,7 @@ from .errors import InvalidInputError, LayerError, TargetError, UnknownMethodErr
 from .noise import RunningStats, image_generators, noise_sigma
 from .occlusion import OcclusionGrid, as_baseline
 from .resize import resize_bilinear
-from .targets import Target, is_single, one_hot, pick, resolve_targets
+from .targets import ClassSeed, Target, is_single, one_hot, pick, resolve_targets
 from .types import Explanation
 
 #: Any object implementing ``cnnlens.backends.base.Backend`` (the core never imports backends).
@@ -97,7 +97,7 @@ def _input_gradient(backend, x, target, relu, batch_size):
     grads, logits = [], []
     for sl in _batches(len(x), batch):
         chunk = _target_slice(target, sl)
-        p = backend.backward(x[sl], lambda lg, t=chunk: one_hot(resolve_targets(t, lg), lg.shape[1]),
+        p = backend.backward(x[sl], ClassSeed(chunk),
                              relu=relu, input_grad=True)
         grads.append(p.input_grad)
         logits.append(p.logits)
@@ -200,7 +200,7 @@ def _gradcam_maps(backend, x, target, layer, batch_size, method, guided=False):
     logits = []
     for sl in _batches(len(x), batch):
         chunk = _target_slice(target, sl)
-        p = backend.backward(x[sl], lambda lg, t=chunk: one_hot(resolve_targets(t, lg), lg.shape[1]),
+        p = backend.backward(x[sl], ClassSeed(chunk),
                              layers=names, relu="guided" if guided else "plain", input_grad=guided)
         for i, name in enumerate(names):
             activation = _spatial(name, p.activations[name], method)
@@ -425,9 +425,12 @@ def run(backend: Backend, x: Any, method: str, target: Target = None, layer: Lay
     spec = METHODS[method]
     missing = spec.needs - backend.capabilities
     if missing:
+        limits = getattr(backend, "limits", None) or {}
+        reasons = list(dict.fromkeys(limits[m] for m in sorted(missing) if m in limits))
+        why = f" for this model ({'; '.join(reasons)})" if reasons else ""
         raise UnsupportedError(
             f"{method} needs {', '.join(sorted(missing))}, which the {backend.name} backend does not "
-            f"provide. On this backend use one of: {', '.join(supported_methods(backend.capabilities))}"
+            f"provide{why}. On this backend use one of: {', '.join(supported_methods(backend.capabilities))}"
         )
     allowed = spec.options
     unknown = sorted(set(options) - set(allowed))

@@ -67,3 +67,18 @@ def one_hot(classes: np.ndarray, num_classes: int, dtype: Optional[np.dtype] = n
 def pick(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Each row's score for its class: ``scores[i, classes[i]]``, shape (N,)."""
     return scores[np.arange(len(classes)), classes]
+
+
+class ClassSeed:
+    """The gradient to back-propagate from the scores: one-hot rows of the classes ``target`` names.
+
+    Calling it with a pass's logits (N, K) gives the rows. ``target`` is kept as the user gave it
+    (None: each image's arg-max) so that a backend can build the rows next to the model instead
+    (the ONNX backend does, to keep one forward and one backward pass).
+    """
+
+    def __init__(self, target: Target):
+        self.target = target
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        return one_hot(resolve_targets(self.target, logits), np.asarray(logits).shape[1])

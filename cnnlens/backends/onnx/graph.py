@@ -18,7 +18,8 @@ import onnx
 from onnx import numpy_helper
 
 _SUFFIX = re.compile(r"_\d+$")
-_METADATA_OPS = {"Shape", "Size"}
+#: Ops that read only a tensor's shape: what they compute carries no gradient and no pixel values.
+SHAPE_OPS = {"Shape", "Size"}
 #: Float initializers that are settings, not learned weights (Resize's scales, Clip's bounds, ...).
 _SETTING_OPS = {"Resize", "Upsample", "Clip", "Pad", "ConstantOfShape"}
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
@@ -27,6 +28,14 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProt
 def node_name(node: onnx.NodeProto) -> str:
     """A node's name, or its first output's name when the exporter left it empty."""
     return node.name or (node.output[0] if node.output else "")
+
+
+def value_inputs(node: onnx.NodeProto) -> Sequence[str]:
+    """The inputs whose values (not just shape or type) the node's outputs are computed from: none
+    for Shape and Size, the first for CastLike, all of them otherwise."""
+    if node.op_type in SHAPE_OPS:
+        return ()
+    return node.input[:1] if node.op_type == "CastLike" else node.input
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):
@@ -90,9 +99,7 @@ class Graph:
         live = {self.input.name}
         names = set()
         for node in self.nodes:
-            if data_only and node.op_type in _METADATA_OPS:
-                continue
-            inputs = node.input[:1] if data_only and node.op_type == "CastLike" else node.input
+            inputs = value_inputs(node) if data_only else node.input
             if any(i in live for i in inputs):
                 live.update(node.output)
                 names.add(node_name(node))
@@ -259,39 +266,3 @@ class Graph:
         """The innermost torch module path a node lies in, output or not."""
         scopes = self._scopes.get(node_name(node)) or []
         return scopes[-1] if scopes else None
-
-
-def shape_of(value_info: onnx.ValueInfoProto) -> Optional[Tuple[Optional[int], ...]]:
-    """A value's shape with unknown or symbolic dimensions as None."""
-    tensor = value_info.type.tensor_type
-    if not tensor.HasField("shape"):
-        return None
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
-
-
-def inferred_shapes(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = None) -> Dict[str, Tuple[Optional[int], ...]]:
-    """Shapes of every tensor by ONNX shape inference, with the input set to ``input_shape`` if given."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    if input_shape is not None:
-        initializers = {t.name for t in probe.graph.initializer}
-        first = next(i for i in probe.graph.input if i.name not in initializers)
-        dims = first.type.tensor_type.shape.dim
-        for dim, value in zip(dims, input_shape):
-            dim.Clear()
-            dim.dim_value = int(value)
-    recorded = {info.name: shape_of(info) for info in probe.graph.value_info}
-    del probe.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
-    except Exception:  # shape inference is best effort: custom ops and odd graphs stop it
-        inferred = probe
-    shapes = {}
-    for info in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
-        shape = shape_of(info)
-        if shape is not None:
-            shapes[info.name] = shape
-    for name, shape in recorded.items():  # what inference could not work out, as the exporter recorded it
-        if name not in shapes and shape is not None:
-            shapes[name] = shape
-    return shapes

@@ -1,0 +1,214 @@
+"""Reverse-mode differentiation of an ONNX graph into ONNX: one model that computes, in one run,
+the scores, the requested activations, and the gradients of ``sum(seed * scores)`` with respect
+to the input and to the requested tensors.
+
+The seed (the gradient of the explained score with respect to the scores, (N, K)) comes in as
+an extra graph input. Only the nodes between a gradient's source and the scores are
+differentiated (Grad-CAM's backward stops at its layer), weights never get a gradient, and
+every node written is a standard ONNX op in the model's own opset, so the model runs on any
+execution provider. The true layer gradients and a guided / deconvnet input gradient come from
+two backward chains over one forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..graph import Graph, node_name, value_inputs
+from .context import Context, NoRule, Shape
+from .emit import Emitter
+from .rules import CHECKS, RULES
+
+RELU_RULES = ("plain", "guided", "deconv")
+
+
+class UnsupportedOp(Exception):
+    """A node on a gradient's path has no backward rule (or one that refuses its attributes)."""
+
+    def __init__(self, op_type: str, node: str, reason: str = ""):
+        self.op_type, self.node, self.reason = op_type, node, reason
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"op {op_type} (node {node!r}) has no gradient rule{detail}")
+
+
+@dataclass(frozen=True)
+class GradientRequest:
+    """What one backward model computes: true gradients at ``layers`` (tensor names), and the
+    input gradient under the ReLU rule ``relu`` when ``input_grad``. ``seed``: "input" (the
+    gradient with respect to the scores comes in as an extra input) or "argmax" (one-hot rows of
+    each image's highest score, made in the graph)."""
+
+    layers: Tuple[str, ...] = ()
+    input_grad: bool = True
+    relu: str = "plain"
+    seed: str = "input"
+
+    def passes(self, input_name: str) -> List[Tuple[str, Tuple[str, ...]]]:
+        """(ReLU rule, gradient sources) for each backward chain."""
+        if self.relu != "plain" and self.input_grad and self.layers:
+            return [("plain", self.layers), (self.relu, (input_name,))]
+        sources = self.layers + ((input_name,) if self.input_grad else ())
+        return [(self.relu if self.input_grad else "plain", sources)]
+
+
+@dataclass
+class GradientModel:
+    """The built model and the names of what it returns."""
+
+    model: onnx.ModelProto
+    seed: str                   # the name of the seed input (absent from the model for an "argmax" seed)
+    outputs: List[str]          # [scores, activations..., input gradient?, layer gradients...]
+
+
+def missing_rules(graph: Graph, output: str, nodes: Optional[Sequence[onnx.NodeProto]] = None) -> List[Tuple[onnx.NodeProto, str]]:
+    """(node, reason) for each node between the input and ``output`` that cannot be differentiated."""
+    path = nodes if nodes is not None else _on_path(graph, {graph.input.name}, output)
+    problems = []
+    for node in path:
+        if node.op_type not in RULES or node.domain not in ("", "ai.onnx"):
+            problems.append((node, "no backward rule for this op"))
+            continue
+        check = CHECKS.get(node.op_type)
+        reason = check(node, graph) if check is not None else None
+        if reason:
+            problems.append((node, reason))
+    return problems
+
+
+def _ancestors(graph: Graph, output: str) -> Set[str]:
+    """Names of the nodes the output depends on."""
+    seen: Set[str] = set()
+    stack = [output]
+    while stack:
+        node = graph.producer.get(stack.pop())
+        if node is None or node_name(node) in seen:
+            continue
+        seen.add(node_name(node))
+        stack.extend(i for i in node.input if i)
+    return seen
+
+
+def _descendants(graph: Graph, sources: Set[str]) -> Set[str]:
+    """Tensors computed from the sources' values (the sources included; what only reads their
+    shape, through Shape or Size, does not count)."""
+    reached = set(sources)
+    for node in graph.nodes:
+        if any(i in reached for i in value_inputs(node) if i):
+            reached.update(o for o in node.output if o)
+    return reached
+
+
+def _on_path(graph: Graph, sources: Set[str], output: str) -> List[onnx.NodeProto]:
+    """Nodes between the sources and the output, in topological order."""
+    above = _ancestors(graph, output)
+    reached = _descendants(graph, sources)
+    return [n for n in graph.nodes if node_name(n) in above and any(i in reached for i in value_inputs(n) if i)]
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise NoRule("the model imports no default ONNX opset")
+
+
+def build(model: onnx.ModelProto, graph: Graph, output: str, request: GradientRequest,
+          shapes: Dict[str, Shape], dtypes: Dict[str, np.dtype],
+          probe: Optional[Callable[[str], Optional[np.ndarray]]] = None) -> GradientModel:
+    """The gradient model for ``request`` (``shapes`` / ``dtypes`` from shape inference with the batch
+    axis symbolic). ``probe(tensor)``: the value of a tensor computed from the input's shape alone
+    (a Slice bound, a Pad amount) when it is the same for every batch size, else None. Raises
+    UnsupportedOp naming the first node that cannot be differentiated."""
+    if request.relu not in RELU_RULES:
+        raise ValueError(f"relu must be one of {RELU_RULES}, got {request.relu!r}")
+    taken = {o for n in model.graph.node for o in n.output} | {n.name for n in model.graph.node}
+    taken |= {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
+    emitter = Emitter(_opset(model), taken, "cnnlens_grad/")
+    seed_input = emitter.fresh("seed")
+    seed = _argmax_rows(emitter, output, dtypes) if request.seed == "argmax" else seed_input
+    input_name = graph.input.name
+    gradients: Dict[str, str] = {}
+    for relu, sources in request.passes(input_name):
+        found = _backward(emitter, graph, output, seed, relu, sources, shapes, dtypes, probe)
+        for source in sources:
+            gradients.setdefault(source, found[source])
+    outputs = [output]
+    for layer in request.layers:  # an activation that is already an output gets a name of its own
+        outputs.append(layer if layer not in outputs else emitter.op("Identity", [layer]))
+    wanted = ([input_name] if request.input_grad else []) + list(request.layers)
+    for source in wanted:  # each gradient under its own name (two sources may share a tensor)
+        outputs.append(emitter.op("Identity", [gradients[source]]))
+    fed = seed_input if request.seed != "argmax" else None
+    return GradientModel(_assemble(model, emitter, fed, output, outputs, dtypes), seed_input, outputs)
+
+
+def _argmax_rows(emitter: Emitter, output: str, dtypes: Dict[str, np.dtype]) -> str:
+    """One-hot rows (N, K) of each image's first highest score."""
+    flat = emitter.op("Reshape", [output, emitter.ints([0, -1])])
+    classes = emitter.op("Gather", [emitter.shape(flat), emitter.const(np.asarray(1, dtype=np.int64), "axis1")])
+    best = emitter.op("ArgMax", [flat], axis=1, keepdims=0)
+    on_off = emitter.const(np.array([0, 1], dtype=dtypes.get(output, np.dtype(np.float32))), "on_off")
+    return emitter.op("OneHot", [best, classes, on_off], axis=-1)
+
+
+def _backward(emitter: Emitter, graph: Graph, output: str, seed: str, relu: str, sources: Sequence[str],
+              shapes: Dict[str, Shape], dtypes: Dict[str, np.dtype],
+              probe: Optional[Callable[[str], Optional[np.ndarray]]]) -> Dict[str, str]:
+    """One backward chain: the gradient tensor of each source."""
+    path = _on_path(graph, set(sources), output)
+    consumed = {i for n in path for i in n.input if i}
+    needed = (_descendants(graph, set(sources)) & consumed) | {output} | set(sources)
+    ctx = Context(emitter, graph, shapes, dtypes, relu, needed, probe)
+    parts: Dict[str, List[str]] = {}
+    totals: Dict[str, str] = {}
+
+    def gradient(tensor: str) -> Optional[str]:
+        if tensor not in totals and parts.get(tensor):
+            totals[tensor] = emitter.total(parts[tensor])
+        return totals.get(tensor)
+
+    scores_shape = shapes.get(output)
+    parts[output] = [seed if scores_shape is not None and len(scores_shape) == 2 else emitter.reshape_like(seed, output)]
+    for node in reversed(path):
+        grads = [gradient(o) if o else None for o in node.output]
+        if all(g is None for g in grads):
+            continue
+        backward = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if backward is None:
+            raise UnsupportedOp(node.op_type, node_name(node))
+        check = CHECKS.get(node.op_type)
+        reason = check(node, graph) if check is not None else None
+        if reason:
+            raise UnsupportedOp(node.op_type, node_name(node), reason)
+        try:
+            result = backward(ctx, node, grads)
+        except NoRule as error:
+            raise UnsupportedOp(node.op_type, node_name(node), str(error)) from None
+        for tensor, grad in zip(node.input, result):
+            if grad is not None and ctx.needs(tensor):
+                parts.setdefault(tensor, []).append(grad)
+    found = {}
+    for source in sources:
+        grad = gradient(source)
+        found[source] = grad if grad is not None else emitter.zeros_like(source, dtypes.get(source, np.dtype(np.float32)))
+    return found
+
+
+def _assemble(model: onnx.ModelProto, emitter: Emitter, seed: Optional[str], output: str, outputs: List[str],
+              dtypes: Dict[str, np.dtype]) -> onnx.ModelProto:
+    built = onnx.ModelProto()
+    built.CopyFrom(model)
+    graph = built.graph
+    graph.node.extend(emitter.nodes)
+    graph.initializer.extend(emitter.initializers)
+    scores_type = helper.np_dtype_to_tensor_dtype(dtypes.get(output, np.dtype(np.float32)))
+    if seed is not None:
+        graph.input.append(helper.make_tensor_value_info(seed, scores_type, None))
+    del graph.output[:]
+    graph.output.extend(helper.make_empty_tensor_value_info(name) for name in outputs)
+    return built
