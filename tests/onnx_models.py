@@ -78,3 +78,48 @@ def hand_torch(x):
     with torch.no_grad():
         probs, logits, _, a2 = hand_forward(torch.from_numpy(np.asarray(x, dtype=np.float32)))
     return probs.numpy(), logits.numpy(), a2.numpy()
+
+
+def lrn_net_weights():
+    rng = np.random.default_rng(17)
+    w = lambda *s: (0.3 * rng.standard_normal(s)).astype(np.float32)  # noqa: E731
+    return dict(w1=w(8, 3, 5, 5), b1=w(8), w2=w(12, 4, 3, 3), b2=w(12), wfc=w(6, 108), bfc=w(6))
+
+
+def lrn_net_model():
+    """The ONNX model zoo's AlexNet pattern, built by hand as its Caffe2 converter wrote it: opset 9, batch
+    fixed at 1 (a Reshape to [1, -1]), native LRN nodes, a grouped convolution, Dropout and a Softmax end."""
+    p = lrn_net_weights()
+    inits = [numpy_helper.from_array(v, k) for k, v in p.items()]
+    inits.append(numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape"))
+    nodes = [
+        helper.make_node("Conv", ["data_0", "w1", "b1"], ["conv1"], name="conv1", kernel_shape=[5, 5], strides=[2, 2],
+                         pads=[2, 2, 2, 2]),
+        helper.make_node("Relu", ["conv1"], ["relu1"], name="relu1"),
+        helper.make_node("LRN", ["relu1"], ["norm1"], name="norm1", size=5, alpha=1e-3, beta=0.75, bias=2.0),
+        helper.make_node("MaxPool", ["norm1"], ["pool1"], name="pool1", kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("Conv", ["pool1", "w2", "b2"], ["conv2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         group=2),
+        helper.make_node("Relu", ["conv2"], ["relu2"], name="relu2"),
+        helper.make_node("LRN", ["relu2"], ["norm2"], name="norm2", size=3, alpha=1e-4, beta=0.75, bias=1.0),
+        helper.make_node("MaxPool", ["norm2"], ["pool2"], name="pool2", kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("Reshape", ["pool2", "flat_shape"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["fc"], name="fc", transB=1),
+        helper.make_node("Dropout", ["fc"], ["drop"], name="drop", ratio=0.5),
+        helper.make_node("Softmax", ["drop"], ["prob_1"], name="prob", axis=1),
+    ]
+    graph = helper.make_graph(nodes, "lrn_net", [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("prob_1", TensorProto.FLOAT, [1, 6])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], producer_name="hand")
+    model.ir_version = 4
+    onnx.checker.check_model(model)
+    return model
+
+
+def lrn_net_forward(t: torch.Tensor, relu=torch.relu):
+    """The LRN network in torch, image by image as its fixed batch demands: (probabilities, relu2)."""
+    p = {k: torch.as_tensor(v, dtype=t.dtype) for k, v in lrn_net_weights().items()}
+    a1 = F.local_response_norm(relu(F.conv2d(t, p["w1"], p["b1"], stride=2, padding=2)), 5, 1e-3, 0.75, 2.0)
+    a2 = relu(F.conv2d(F.max_pool2d(a1, 3, 2), p["w2"], p["b2"], padding=1, groups=2))
+    flat = F.max_pool2d(F.local_response_norm(a2, 3, 1e-4, 0.75, 1.0), 3, 2).reshape(len(t), -1)
+    return torch.softmax(flat @ p["wfc"].T + p["bfc"], 1), a2

@@ -19,7 +19,7 @@ import cnnlens
 from cnnlens.adapters.export import to_onnx
 from cnnlens.core.methods import METHODS
 from helpers import assert_close, images, randomise_batchnorm
-from onnx_models import hand_forward, hand_model
+from onnx_models import hand_forward, hand_model, lrn_net_forward, lrn_net_model
 
 TOL = 1e-4
 
@@ -183,6 +183,30 @@ def test_hand_built_opset9_graph_with_softmax_and_a_fixed_batch():
     want = F.interpolate(torch.from_numpy(cam[:, None].astype(np.float32)), size=(16, 16), mode="bilinear",
                          align_corners=False)[:, 0].numpy()
     assert_close(gradcam.maps, want, TOL)
+
+
+def test_model_zoo_style_alexnet_with_native_lrn_at_opset9():
+    """Native LRN nodes, a grouped convolution, a batch fixed at 1 by a Reshape (so run image by image),
+    Dropout and a Softmax end; guided backprop against the independent reference rule."""
+    from test_relu_rules import RefGuided
+
+    backend = cnnlens.load(lrn_net_model())
+    assert {"input_gradients", "layer_gradients", "relu_rules"} <= backend.capabilities
+    x = images(3, 3, 32, 32, seed=52)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    probs, a2 = lrn_net_forward(xt)
+    a2.retain_grad()
+    classes = probs.detach().numpy().argmax(1)
+    probs[torch.arange(3), torch.as_tensor(classes)].sum().backward()
+    got = backend.backward(x, np.eye(6, dtype=np.float32)[classes], layers=["relu2"])
+    assert backend._per_image
+    assert_close(got.logits, probs.detach().numpy(), TOL)
+    assert_close(got.input_grad, xt.grad.numpy(), TOL)
+    assert_close(got.gradients["relu2"], a2.grad.numpy(), TOL)
+    xg = torch.from_numpy(x.copy()).requires_grad_(True)
+    guided_probs, _ = lrn_net_forward(xg, relu=RefGuided.apply)
+    (want,) = torch.autograd.grad(guided_probs[torch.arange(3), torch.as_tensor(classes)].sum(), xg)
+    assert_close(cnnlens.explain(backend, x, "guided_backprop").maps, want.numpy(), TOL)
 
 
 class LrnNet(nn.Module):

@@ -33,6 +33,8 @@ class Backend(Protocol):
 
     name: str
     capabilities: FrozenSet[str]
+    #: how the model takes images ("NCHW" or "NHWC"); every backend takes and gives NCHW arrays
+    layout: str
 
     def layers(self, input_shape: Optional[Tuple[int, ...]] = None) -> List[Layer]:
         """The model's layers in execution order."""
@@ -50,8 +52,10 @@ class Backend(Protocol):
                  relu: str = "plain", input_grad: bool = True) -> Pass:
         """One forward pass and its backward: logits, the input gradient (if asked) and the
         named layers' activations and gradients. ``grad_logits`` is an (N, K) array or a
-        function of the logits that returns one. ``relu`` ("plain", "guided", "deconv") is
-        the ReLU rule for the input gradient; layer gradients are always the true ones."""
+        function of the logits that returns one; a ``core.targets.ClassSeed`` (such a function)
+        also says which classes it picks, so a backend may build the rows itself (ONNX does, to
+        keep one pass). ``relu`` ("plain", "guided", "deconv") is the ReLU rule for the input
+        gradient; layer gradients are always the true ones."""
 
     def linear_head(self, x: np.ndarray, layer: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         """For a GAP -> linear head: (logits, the pooled activations (N, K, h, w), the linear

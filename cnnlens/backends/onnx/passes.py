@@ -63,9 +63,11 @@ class Passes:
         request = GradientRequest(tensors, bool(input_grad), relu, "argmax" if argmax else "input")
         try:
             session, built = self._gradient_session(request, tuple(model_x.shape[1:]))
-        except UnsupportedError:
-            if input_grad:  # what this model cannot do, later calls are told up front
+        except UnsupportedError as error:
+            if input_grad:  # what this model cannot do, later calls are told up front, and why
                 self.capabilities = self.capabilities - {base.INPUT_GRADIENTS, base.RELU_RULES}
+                why = str(error).split(": ", 1)[-1].split(". On this model", 1)[0]
+                self.limits = {**self.limits, base.INPUT_GRADIENTS: why, base.RELU_RULES: why}
             raise
         feeds = {self.input_name: model_x}
         if not argmax:

@@ -83,10 +83,13 @@ def _complete(shape: Optional[Shape]) -> bool:
 
 
 def fill_from_runs(types: TensorTypes, graph, run: Callable[[List[str], int], List[np.ndarray]]) -> TensorTypes:
-    """``types`` with the shapes inference left open read off the tensors' values for a batch of 1
-    and of 2 zero images (``run(tensors, batch)``): an axis whose size follows the batch stays
-    None. Unchanged when the runs fail (a shape the model cannot take)."""
-    wanted = [o for n in graph.data_nodes() for o in n.output if o and not _complete(types.shapes.get(o))]
+    """``types`` with the shapes inference left open (of every tensor the pixel computation makes or
+    reads: ViT's class token is expanded from the batch size) read off the tensors' values for a
+    batch of 1 and of 2 zero images (``run(tensors, batch)``): an axis whose size follows the batch
+    stays None. Unchanged when the runs fail (a shape the model cannot take)."""
+    data = graph.data_nodes()
+    tensors = [o for n in data for o in n.output] + [i for n in data for i in n.input if i in graph.producer]
+    wanted = list(dict.fromkeys(t for t in tensors if t and not _complete(types.shapes.get(t))))
     if not wanted:
         return types
     try:

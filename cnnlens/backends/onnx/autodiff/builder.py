@@ -32,8 +32,8 @@ class UnsupportedOp(Exception):
 
     def __init__(self, op_type: str, node: str, reason: str = ""):
         self.op_type, self.node, self.reason = op_type, node, reason
-        detail = f": {reason}" if reason else ""
-        super().__init__(f"op {op_type} (node {node!r}) has no gradient rule{detail}")
+        what = f"cannot be differentiated: {reason}" if reason else "has no gradient rule"
+        super().__init__(f"op {op_type} (node {node!r}) {what}")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class GradientModel:
 
 def missing_rules(graph: Graph, output: str, nodes: Optional[Sequence[onnx.NodeProto]] = None) -> List[Tuple[onnx.NodeProto, str]]:
     """(node, reason) for each node between the input and ``output`` that cannot be differentiated."""
-    path = nodes if nodes is not None else _on_path(graph, {graph.input.name}, output)
+    path = nodes if nodes is not None else _on_path(graph, _descendants(graph, {graph.input.name}), output)
     problems = []
     for node in path:
         if node.op_type not in RULES or node.domain not in ("", "ai.onnx"):
@@ -103,10 +103,10 @@ def _descendants(graph: Graph, sources: Set[str]) -> Set[str]:
     return reached
 
 
-def _on_path(graph: Graph, sources: Set[str], output: str) -> List[onnx.NodeProto]:
-    """Nodes between the sources and the output, in topological order."""
+def _on_path(graph: Graph, reached: Set[str], output: str) -> List[onnx.NodeProto]:
+    """Nodes between the sources (``reached``: the tensors computed from them) and the output, in
+    topological order."""
     above = _ancestors(graph, output)
-    reached = _descendants(graph, sources)
     return [n for n in graph.nodes if node_name(n) in above and any(i in reached for i in value_inputs(n) if i)]
 
 
@@ -160,9 +160,10 @@ def _backward(emitter: Emitter, graph: Graph, output: str, seed: str, relu: str,
               shapes: Dict[str, Shape], dtypes: Dict[str, np.dtype],
               probe: Optional[Callable[[str], Optional[np.ndarray]]]) -> Dict[str, str]:
     """One backward chain: the gradient tensor of each source."""
-    path = _on_path(graph, set(sources), output)
+    reached = _descendants(graph, set(sources))
+    path = _on_path(graph, reached, output)
     consumed = {i for n in path for i in n.input if i}
-    needed = (_descendants(graph, set(sources)) & consumed) | {output} | set(sources)
+    needed = (reached & consumed) | {output} | set(sources)
     ctx = Context(emitter, graph, shapes, dtypes, relu, needed, probe)
     parts: Dict[str, List[str]] = {}
     totals: Dict[str, str] = {}

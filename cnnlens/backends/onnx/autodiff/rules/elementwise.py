@@ -21,13 +21,14 @@ def unbroadcast(ctx: Context, g: str, tensor: str, output: str, g_shape: Optiona
     """``g`` (shaped like ``output``, or ``g_shape`` when given) summed down to the shape of ``tensor``."""
     shape = ctx.shape(tensor)
     out = g_shape if g_shape is not None else ctx.shape(output)
-    if shape is None:
-        raise NoRule(f"the shape of {tensor!r} is unknown, so its broadcast gradient cannot be summed")
-    out_rank = len(out) if out is not None else len(shape)
+    if shape is None or out is None:
+        unknown = tensor if shape is None else output
+        raise NoRule(f"the shape of {unknown!r} is unknown, so a broadcast gradient cannot be summed")
+    out_rank = len(out)
     lead = out_rank - len(shape)
     axes = list(range(lead))
     for i, d in enumerate(shape):
-        if d == 1 and (out is None or out[i + lead] != 1):
+        if d == 1 and out[i + lead] != 1:
             axes.append(i + lead)
     if not axes:
         return g

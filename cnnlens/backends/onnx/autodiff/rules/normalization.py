@@ -82,24 +82,25 @@ def _normalised(ctx: Context, x: str, g_scaled: str, axes: Sequence[int], eps: f
     return e.mul(inv, inner)
 
 
+def _normalised_over(ctx: Context, node: onnx.NodeProto, g_scaled: str, axes: List[int]) -> List[Optional[str]]:
+    """LayerNormalization's and InstanceNormalization's input gradient (scale and bias constant)."""
+    if any(ctx.needs(t) for t in node.input[1:]):
+        raise NoRule(f"{node.op_type} whose scale or bias depends on the input")
+    eps = float(ctx.attr(node, "epsilon", 1e-5))
+    return only_first(node, _normalised(ctx, node.input[0], g_scaled, axes, eps))
+
+
 @rule("LayerNormalization")
 def layer_norm(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
     g, x = grads[0], node.input[0]
-    if any(ctx.needs(t) for t in node.input[1:]):
-        raise NoRule("LayerNormalization whose scale or bias depends on the input")
     rank = ctx.rank(x)
     axis = int(ctx.attr(node, "axis", -1)) % rank
     scaled = ctx.e.mul(g, node.input[1]) if len(node.input) > 1 and node.input[1] else g
-    eps = float(ctx.attr(node, "epsilon", 1e-5))
-    return only_first(node, _normalised(ctx, x, scaled, list(range(axis, rank)), eps))
+    return _normalised_over(ctx, node, scaled, list(range(axis, rank)))
 
 
 @rule("InstanceNormalization")
 def instance_norm(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
     g, x = grads[0], node.input[0]
-    if any(ctx.needs(t) for t in node.input[1:]):
-        raise NoRule("InstanceNormalization whose scale or bias depends on the input")
     rank = ctx.rank(x)
-    scaled = ctx.e.mul(g, _per_channel(ctx, node.input[1], rank))
-    eps = float(ctx.attr(node, "epsilon", 1e-5))
-    return only_first(node, _normalised(ctx, x, scaled, list(range(2, rank)), eps))
+    return _normalised_over(ctx, node, ctx.e.mul(g, _per_channel(ctx, node.input[1], rank)), list(range(2, rank)))

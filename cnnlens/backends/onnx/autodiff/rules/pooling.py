@@ -13,7 +13,7 @@ makes them mean.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
@@ -59,14 +59,18 @@ def _one_hot_kernel(channels: int, kernel, dtype: np.dtype) -> np.ndarray:
     return np.tile(eye, (channels,) + (1,) * (len(kernel) + 1))
 
 
+def _same_pool(node: onnx.NodeProto) -> Dict[str, object]:
+    """The pool's attributes, to run the same pool again (MaxPool for its indices, AveragePool on ones)."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name != "storage_order"}
+
+
 @rule("MaxPool")
 def max_pool(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
     g, x = grads[0], node.input[0]
     e, dtype = ctx.e, ctx.dtype(x)
     kernel = list(ctx.attr(node, "kernel_shape"))
     geometry = window(ctx, node, x, kernel)
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name != "storage_order"}
-    _, indices = e.op("MaxPool", [x], outputs=2, **attrs)
+    _, indices = e.op("MaxPool", [x], outputs=2, **_same_pool(node))
     if ctx.opset >= 16:  # flat indices into the whole input: add each window's gradient there
         flat = e.op("Reshape", [e.zeros_like(x, dtype), e.ints([-1])])
         spread = e.op("ScatterElements", [flat, e.op("Reshape", [indices, e.ints([-1])]),
@@ -92,9 +96,8 @@ def average_pool(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]])
     # the runtime's average of ones over each window, divided by how many input elements the window
     # covers, is 1 / the runtime's divisor for that window
     ones = e.const(np.ones((1, 1) + geometry.size, dtype=dtype), "ones")
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     covered = _covered(geometry).astype(dtype)
-    mean_of_ones = e.op("AveragePool", [ones], **attrs)
+    mean_of_ones = e.op("AveragePool", [ones], **_same_pool(node))
     inverse = e.op("Where", [e.const(covered > 0, "covered"), e.op("Div", [mean_of_ones, e.const(np.maximum(covered, 1), "count")]),
                              e.scalar(0.0, dtype)])
     weight = e.const(np.ones((channels, 1) + tuple(kernel), dtype=dtype), "ones_kernel")
