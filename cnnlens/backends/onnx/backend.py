@@ -21,7 +21,7 @@ from ...core.types import Layer
 from .. import base
 from . import gradients, layout as layouts, runtime
 from .autodiff import GradientModel, GradientRequest
-from .graph import Graph, node_name
+from .graph import Graph, attribute, node_name
 from .loading import batch_dynamic
 from .passes import Passes
 from .randomise import randomised_model
@@ -43,6 +43,10 @@ def _choose_output(names: List[str], choice: Union[None, int, str]) -> str:
     if choice in names:
         return str(choice)
     raise ModelError(f"the model has no output {choice!r}: its outputs are {', '.join(names)} (give a name or an index)")
+
+
+def _to_channels_last(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Transpose" and tuple(attribute(node, "perm", ()) or ()) == layouts.NHWC
 
 
 class OnnxBackend(Passes):
@@ -305,11 +309,13 @@ class OnnxBackend(Passes):
         """The last node whose output is still spatial, for images of ``input_shape`` (kept per image
         size; the batch size does not matter). In a graph exported from torch, the last such node
         that is a module's output, so that the default is the module's default (DenseNet's final
-        functional ReLU has no module: its ``features`` is the default on both). A Transpose only
-        re-lays the tensor before it (tf2onnx's NCHW -> NHWC before pooling): the tensor before it."""
+        functional ReLU has no module: its ``features`` is the default on both; Swin's ``permute``
+        back to channels-first is one). A Transpose to channels-last (tf2onnx's NCHW -> NHWC before
+        pooling) only re-lays the map before it out: that map is taken."""
         image = self._model_image(input_shape)
         if image not in self._default_layers:
-            candidates = [l.name for l in self.layers(tuple(input_shape)) if l.spatial and l.kind != "Transpose"]
+            candidates = [l.name for l in self.layers(tuple(input_shape)) if l.spatial
+                          and not _to_channels_last(self.graph.by_name[l.name])]
             if not candidates:
                 raise LayerError(
                     "the model has no node with a spatial (N, K, h, w) output at this input size, so the CAM "
