@@ -112,8 +112,8 @@ class OnnxBackend(Passes):
     def _base_graph(self) -> Graph:
         return self._runnable_graph if self._runnable_graph is not None else self.graph
 
-    def _new_session(self, model: onnx.ModelProto, quiet: bool = False):
-        return runtime.new_session(model, self._providers, quiet=quiet)
+    def _new_session(self, model: onnx.ModelProto, quiet: bool = False, spin: bool = False):
+        return runtime.new_session(model, self._providers, quiet=quiet, spin=spin)
 
     def _forward_session(self, extra: FrozenSet[str]):
         """The model with ``extra`` tensors added as outputs."""
@@ -134,7 +134,7 @@ class OnnxBackend(Passes):
             built = gradients.build(self._base_model(), self._base_graph(), self.output_name, request,
                                     self._types_at(image), self.capabilities,
                                     probe=lambda tensor: self._shape_values(image).get(tensor))
-            return self._new_session(built.model), built
+            return self._new_session(built.model, spin=True), built
         return self._sessions.get(("gradient", request, image), make)
 
     def _binding(self) -> bool:
