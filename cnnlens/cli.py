@@ -15,23 +15,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .core.errors import CnnlensError, ModelError
-from .core.methods import METHODS, supported_methods
+from .core.errors import CnnlensError, InvalidInputError, ModelError
+from .core.methods import METHODS, all_options, lookup, supported_methods
 from .core import progress
-
-#: CLI flags that map to method options: flag dest -> (option name, type, help).
-METHOD_OPTIONS = {
-    "samples": (int, "smoothgrad: noisy samples per image (25)"),
-    "noise": (float, "smoothgrad: noise sigma as a fraction of each image's value range (0.15)"),
-    "seed": (int, "smoothgrad: random seed (0)"),
-    "variant": (str, "smoothgrad: smoothgrad | smoothgrad_sq | vargrad"),
-    "base": (str, "smoothgrad: saliency | guided_backprop | deconvnet"),
-    "window": (int, "occlusion: window side in pixels (1/14 of the shorter side)"),
-    "stride": (int, "occlusion: step in pixels (half the window)"),
-    "baseline": (float, "occlusion: value the window is set to (0)"),
-    "batch_size": (int, "images per forward/backward pass (chosen automatically)"),
-}
-
 
 # ---------------------------------------------------------------- models and images
 
@@ -112,24 +98,46 @@ def _prepare(backend: Any, paths: Sequence[str], args: argparse.Namespace):
 
 
 def _methods(names: Optional[List[str]], backend: Any) -> List[str]:
+    """The methods asked for (checked, close names suggested), or every one the backend runs."""
     wanted: List[str] = []
     for item in names or []:
         wanted.extend(n.strip() for n in item.split(",") if n.strip())
     if not wanted or "all" in wanted:
-        return [m for m in supported_methods(backend.capabilities) if m in METHODS]
-    return wanted
+        return supported_methods(backend.capabilities)
+    return [lookup(name).name for name in wanted]
+
+
+def _cli_options() -> Dict[str, Any]:
+    """Every method option the command line takes: name -> (option, the methods that take it)."""
+    return {name: found for name, found in all_options().items() if found[0].cli_type is not None}
 
 
 def _options(method: str, args: argparse.Namespace) -> Dict[str, Any]:
-    allowed = METHODS[method].options if method in METHODS else {}
-    return {k: getattr(args, k) for k in METHOD_OPTIONS if getattr(args, k, None) is not None and k in allowed}
+    allowed = lookup(method).defaults
+    return {k: getattr(args, k) for k in _cli_options() if getattr(args, k, None) is not None and k in allowed}
 
 
 def _layer_arg(args: argparse.Namespace, method: str):
     """--layer for methods that take one (CAM family, feature maps); others ignore it."""
-    if not args.layer or not (method in METHODS and METHODS[method].layered):
+    if not args.layer or not lookup(method).layered:
         return None
     return args.layer[0] if len(args.layer) == 1 else list(args.layer)
+
+
+def _target(args: argparse.Namespace) -> Any:
+    """--target (a class) or --target-weights (an .npy file of output weights)."""
+    path = getattr(args, "target_weights", None)
+    if path is None:
+        return args.target
+    if args.target is not None:
+        raise InvalidInputError("give --target or --target-weights, not both")
+    try:
+        weights = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise InvalidInputError(f"cannot read --target-weights {path!r} as a .npy array: {error}") from None
+    if weights.dtype.kind not in "fiu":
+        raise InvalidInputError(f"--target-weights {path!r} holds {weights.dtype} values, not numbers")
+    return weights.astype(np.float32)
 
 
 # ---------------------------------------------------------------- subcommands
@@ -157,10 +165,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     backend = load_model(args.model, args.device, args)
     x, display = _prepare(backend, args.images, args)
     methods = _methods(args.method, backend)
+    target = _target(args)
     os.makedirs(args.out, exist_ok=True)
     written = []
     for method in methods:
-        exp = cnnlens.explain(backend, x, method, target=args.target, layer=_layer_arg(args, method), **_options(method, args))
+        exp = cnnlens.explain(backend, x, method, target=target, layer=_layer_arg(args, method), **_options(method, args))
         for i, path in enumerate(args.images):
             stem = os.path.join(args.out, f"{os.path.splitext(os.path.basename(path))[0]}_{method}")
             figure = render.explanation_figure(display[i], exp, i)
@@ -169,7 +178,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             if args.save_maps:
                 render.save_npy(exp.maps[i], stem + ".npy")
                 written.append(stem + ".npy")
-        print(f"{method}: class {', '.join(str(int(t)) for t in exp.target)}"
+        print(f"{method}: {_explained(exp)}"
               + (f" at {exp.layer}" if exp.layer is not None else ""))
     print(f"wrote {len(written)} files to {args.out}")
     return 0
@@ -184,11 +193,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     x, _ = _prepare(a if input_size(a) or not input_size(b) else b, args.images, args)  # the one that knows its size
     worst = 0.0
+    target = _target(args)
     for method in _methods(args.method, a):
-        if not METHODS[method].needs <= b.capabilities:
+        if not lookup(method).needs <= b.capabilities:
             print(f"{method}: skipped ({b.name} backend cannot run it)\n")
             continue
-        result = cnnlens.compare(a, b, x, method, target=args.target, layer=_layer_arg(args, method), **_options(method, args))
+        result = cnnlens.compare(a, b, x, method, target=target, layer=_layer_arg(args, method), **_options(method, args))
         print(result)
         print()
         worst = max(worst, result.worst_relative_error)
@@ -225,13 +235,21 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         layer = _layer_arg(args, m)
         if layer is not None:
             options[m]["layer"] = layer
-    report = metrics.sanity(backend, x, methods, target=args.target, steps=args.steps, seed=args.seed or 0,
+    report = metrics.sanity(backend, x, methods, target=_target(args), steps=args.randomisation_steps,
+                            seed=args.randomisation_seed,
                             deletion_steps=args.deletion_steps, options=options)
     if args.json:
         print(json.dumps(report))
         return 0
     print(sanity_table(report))
     return 0
+
+
+def _explained(exp: Any) -> str:
+    target = np.asarray(exp.target)
+    if target.ndim == 1:
+        return "class " + ", ".join(str(int(t)) for t in target)
+    return f"output weights {tuple(target.shape[1:])}"
 
 
 def sanity_table(report: Dict[str, Any]) -> str:
@@ -275,9 +293,13 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                    help=f"method(s), repeat or comma-separate; 'all' for every one the backend runs: {', '.join(METHODS)}")
     p.add_argument("--layer", "-l", action="append", metavar="L", help="layer name (repeat for several)")
     p.add_argument("--target", "-t", type=int, help="class to explain (default: each image's prediction)")
+    p.add_argument("--target-weights", metavar="FILE.npy", help="explain sum(w * output) for output weights w, an "
+                   ".npy array of one output's shape or the batch's (regression heads, segmentation maps)")
     group = p.add_argument_group("method options")
-    for name, (kind, text) in METHOD_OPTIONS.items():
-        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
+    for name, (option, methods) in _cli_options().items():
+        users = ", ".join(methods) if len(methods) < 6 else "every method"
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=option.cli_type,
+                           help=f"{users}: {option.help}")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -344,7 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
-    p.add_argument("--steps", type=int, help="randomisation steps to report, evenly spread (default: every layer)")
+    p.add_argument("--randomisation-steps", type=int, metavar="N",
+                   help="randomisation steps to report, evenly spread (default: every layer)")
+    p.add_argument("--randomisation-seed", type=int, default=0, metavar="S",
+                   help="seed of the re-drawn weights (0); --seed is the methods' own")
     p.add_argument("--deletion-steps", type=int, default=20, help="points on the deletion / insertion curves (20)")
     _add_method_options(p)
     _add_preprocessing(p)

@@ -16,7 +16,7 @@ import numpy as np
 from .api import _as_numpy
 from .backends import backend_for
 from .core.errors import LayerError
-from .core.methods import METHODS, LayerSpec, check_images, run
+from .core.methods import HEAD_LAYER, LayerSpec, check_images, lookup, run
 from .core.metrics import agreement
 from .core.targets import Target
 from .core.types import Explanation
@@ -26,7 +26,7 @@ class ImageAgreement:
     """One image: how model B's map differs from model A's, and whether they predict alike."""
 
     index: int
-    target: int
+    target: Optional[int]  # the class explained; None for output weights
     max_abs_diff: float
     relative_error: float
     rank_correlation: float
@@ -61,7 +61,8 @@ class Comparison:
         rows = [head]
         for i in self.images:
             agree = "agree" if i.classes_agree else f"DIFFER ({i.predicted_a} vs {i.predicted_b})"
-            rows.append(f"{i.index:>5}  {i.target:>6}  {i.max_abs_diff:>10.3g}  {i.relative_error:>10.3g}  "
+            target = "w" if i.target is None else i.target
+            rows.append(f"{i.index:>5}  {target:>6}  {i.max_abs_diff:>10.3g}  {i.relative_error:>10.3g}  "
                         f"{i.rank_correlation:>8.4f}  {agree}")
         return "\n".join(rows)
 
@@ -97,14 +98,15 @@ def compare(model_a: Any, model_b: Any, x: Any, method: str, target: Target = No
     the maps are comparable even where the predictions differ (which the result reports).
     ``layer`` may name a layer in either model's terms. Returns a :class:`Comparison`.
     """
+    spec = lookup(method)
     a, b = backend_for(model_a), backend_for(model_b)
     images = check_images(_as_numpy(x))
     layer_a = _layers_for(layer, a, b)
-    layered = method in METHODS and METHODS[method].layered
-    if layer is None and layered:
+    layered = spec.layered
+    if layer is None and layered and spec.layer != HEAD_LAYER:
         layer_a = a.default_layer(tuple(images.shape))
     exp_a = run(a, images, method, target=target, layer=layer_a, **options)
-    if method == "cam" and layer is None:
+    if spec.layer == HEAD_LAYER and layer is None:
         layer_b = None  # each backend finds the tensor its own head pools (DenseNet's F.relu has no module)
     elif layered:
         names = exp_a.layer if isinstance(exp_a.layer, list) else [exp_a.layer]
@@ -116,7 +118,8 @@ def compare(model_a: Any, model_b: Any, x: Any, method: str, target: Target = No
     rows = []
     for i in range(len(images)):
         stats = agreement(exp_a.maps[i], exp_b.maps[i])
-        rows.append(ImageAgreement(i, int(exp_a.target[i]), stats["max_abs_diff"], stats["relative_error"],
+        target_i = np.asarray(exp_a.target[i])
+        rows.append(ImageAgreement(i, int(target_i) if target_i.ndim == 0 else None, stats["max_abs_diff"], stats["relative_error"],
                                    stats["rank_correlation"], int(np.argmax(exp_a.logits[i])),
                                    int(np.argmax(exp_b.logits[i]))))
     return Comparison(method, rows, exp_a, exp_b)

@@ -20,7 +20,7 @@ from .core import faithfulness as _faith
 from .core import sanity as _sanity
 from .core.errors import InvalidInputError
 from .core.faithfulness import auc, energy_in_box, ssim
-from .core.methods import LayerSpec, check_images, run
+from .core.methods import ACTIVATIONS, LayerSpec, check_images, lookup, run
 from .core.metrics import pointing_game, pointing_hits, spearman
 from .core.targets import Target
 from .core.types import Explanation
@@ -70,8 +70,11 @@ def sanity(model: Any, x: Any, methods: Sequence[str], target: Target = None, *,
     (top layer first), the AUCs averaged over the images. ``layer`` goes to the layered methods."""
     backend = backend_for(model)
     images = check_images(_as_numpy(x))
-    if "feature_maps" in methods:
-        raise InvalidInputError("feature_maps are activations, not a saliency map: leave them out of sanity")
+    names = [methods] if isinstance(methods, str) else list(methods)
+    for m in names:
+        if lookup(m).kind == ACTIVATIONS:
+            raise InvalidInputError(f"{m} are activations, not a saliency map: leave them out of sanity")
+    methods = names
     options = {m: dict((options or {}).get(m, {})) for m in methods}
     for m in methods:
         if layer is not None and _layered(m):
@@ -89,6 +92,4 @@ def sanity(model: Any, x: Any, methods: Sequence[str], target: Target = None, *,
 
 
 def _layered(method: str) -> bool:
-    from .core.methods import METHODS
-
-    return method in METHODS and METHODS[method].layered
+    return lookup(method).layered

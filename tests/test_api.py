@@ -146,5 +146,5 @@ def test_unsupported_method_names_the_ones_that_work():
         name = "demo"
         capabilities = frozenset({"forward", "activations"})
 
-    with pytest.raises(cnnlens.UnsupportedError, match="scorecam, occlusion, feature_maps"):
+    with pytest.raises(cnnlens.UnsupportedError, match="eigencam, scorecam, occlusion, rise, feature_maps"):
         run(ForwardOnly(), X, "gradcam")

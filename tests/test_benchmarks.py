@@ -222,7 +222,9 @@ def test_cases_rows_and_passes_per_capability():
                             "weights", "linear_head"})
     got = {c.method: c for c in cases.cases(w, "torch", torch_caps, channels=12, batch=batch)}
     assert list(got) == ["saliency", "guided_backprop", "smoothgrad", "gradcam", "gradcam (1 layer: l0)",
-                         "gradcam (10 layers)", "guided_gradcam", "cam", "feature_maps", "scorecam", "occlusion"]
+                         "gradcam (10 layers)", "input_x_gradient", "gradcampp", "xgradcam", "layercam", "hirescam",
+                         "guided_gradcam", "cam", "feature_maps", "scorecam", "eigencam", "occlusion"]
+    assert got["gradcampp"].floor == ("layers", ("block",)) and got["gradcampp"].peer_method == "gradcampp"
     p = cases.positions(20, 8, 4) ** 2                                  # 16 windows
     assert got["smoothgrad"].passes == 6 * 5 and got["smoothgrad"].peer_settings == dict(samples=5, noise=0.1, batch=4)
     assert got["scorecam"].passes == 3 * 13 and got["scorecam"].images == 3
@@ -233,7 +235,7 @@ def test_cases_rows_and_passes_per_capability():
 
     forward_only = frozenset({"forward", "activations", "weights", "linear_head"})
     assert [c.method for c in cases.cases(w, "onnx", forward_only, 12, batch)] == ["cam", "feature_maps", "scorecam",
-                                                                                  "occlusion"]
+                                                                                  "eigencam", "occlusion"]
     no_scorecam = _fake_workload(scorecam_images=0)
     assert "scorecam" not in [c.method for c in cases.cases(no_scorecam, "onnx", forward_only, 12, batch)]
     # ONNX with gradients: the same rows under its own layer names, every floor the forward passes,
@@ -241,9 +243,10 @@ def test_cases_rows_and_passes_per_capability():
     onnx = {c.method: c for c in cases.cases(w, "onnx", torch_caps, 12, batch, layer="/block/Relu",
                                               ten_layers=[f"/n{i}" for i in range(10)])}
     assert list(onnx) == ["saliency", "guided_backprop", "smoothgrad", "gradcam", "gradcam (1 layer: /n0)",
-                          "gradcam (10 layers)", "guided_gradcam", "cam", "feature_maps", "scorecam", "occlusion"]
+                          "gradcam (10 layers)", "input_x_gradient", "gradcampp", "xgradcam", "layercam",
+                          "hirescam", "guided_gradcam", "cam", "feature_maps", "scorecam", "eigencam", "occlusion"]
     assert {c.floor for c in onnx.values()} == {("forward", None)}
-    assert [m for m, c in onnx.items() if c.peer_method] == ["scorecam", "occlusion"]
+    assert [m for m, c in onnx.items() if c.peer_method] == ["scorecam", "eigencam", "occlusion"]
     assert onnx["smoothgrad"].passes == 6 * 5 and onnx["gradcam"].passes == 6
 
 
@@ -295,9 +298,9 @@ def test_check_targets_selects_rows_and_directions():
         (texts[7], "scorecam", "onnx", "cpu", 1.5, True),
         (texts[8], "gradcam", "onnx", "cpu", None, None),                                   # vs_torch not computed
         (texts[9], "saliency", "onnx", "cpu", 1.3, True),
-        (texts[10], "occlusion", "onnx", "cuda", 0.05, True),
-        (texts[10], "scorecam", "torch", "cuda:0", 0.2, False),
-        (texts[10], "saliency", "onnx", "cuda", None, None),
+        (texts[-1], "occlusion", "onnx", "cuda", 0.05, True),
+        (texts[-1], "scorecam", "torch", "cuda:0", 0.2, False),
+        (texts[-1], "saliency", "onnx", "cuda", None, None),
     ]
     assert got == expected
 

@@ -206,7 +206,8 @@ def workdir(files, monkeypatch):
 # ---------------------------------------------------------------- the API
 
 #: what runs on odd.onnx, whose CumSum has no backward rule: every method but those that need input gradients
-ODD_METHODS = r"On this backend use one of: gradcam, cam, scorecam, occlusion, feature_maps"
+ODD_METHODS = (r"On this backend use one of: gradcam, gradcampp, xgradcam, layercam, hirescam, cam, eigencam, scorecam, "
+               r"ablationcam, occlusion, rise, feature_maps")
 ODD_WHY = r"for this model \(the gradient cannot pass op CumSum \(node '/CumSum'\): no backward rule for this op\)"
 
 
@@ -320,12 +321,13 @@ API_CASES = [
     case("gradcam-on-onnx-below-an-op-without-rule",
          lambda c: cnnlens.explain(c.odd_onnx, X, "gradcam", layer="conv1"), cnnlens.UnsupportedError,
          r"cannot differentiate this ONNX model from this layer to its scores: op CumSum \(node '/CumSum'\) has "
-         r"no gradient rule.*name a layer above that node, or use cam, scorecam, occlusion, feature_maps"),
+         r"no gradient rule.*name a layer above that node, or use cam, eigencam, scorecam, ablationcam, occlusion, rise, "
+         r"feature_maps"),
     case("layer-method-on-torchscript",
          lambda c: cnnlens.explain(scripted(), X, "gradcam"),
          cnnlens.UnsupportedError,
-         r"gradcam needs .*torchscript backend does not provide\. On this backend use one of: saliency, smoothgrad, "
-         r"occlusion"),
+         r"gradcam needs .*torchscript backend does not provide\. On this backend use one of: saliency, "
+         r"input_x_gradient, integrated_gradients, smoothgrad, occlusion, rise"),
     # ------------------------------------------------ targets
     case("target-too-large", lambda c: on_torch(c, X, "saliency", target=99), cnnlens.TargetError,
          r"target 99 is out of range: the model has 3 outputs, so targets must be in 0\.\.2"),
@@ -349,7 +351,7 @@ API_CASES = [
     case("target-bool", lambda c: on_onnx(c, X, "occlusion", target=True, window=8), cnnlens.TargetError,
          r"target must be an int class index or a list of them, got True"),
     case("target-not-a-sequence", lambda c: on_torch(c, X, "saliency", target=object()), cnnlens.CnnlensError,
-         r"target must be None, an int, or one int per image"),
+         r"target must be None, an int, one int per image, or an array of output weights"),
     # ------------------------------------------------ occlusion options
     case("window-larger-than-image", lambda c: on_torch(c, X, "occlusion", window=17), cnnlens.InvalidInputError,
          r"occlusion window 17 is larger than the image side 16: choose a window <= 16"),
@@ -389,7 +391,7 @@ API_CASES = [
     case("noise-string", lambda c: on_torch(c, X, "smoothgrad", noise="0.1"), cnnlens.InvalidInputError,
          r"noise must be a fraction >= 0"),
     case("smoothgrad-base-unknown", lambda c: on_torch(c, X, "smoothgrad", base="gradcam"), cnnlens.InvalidInputError,
-         r"base must be one of saliency, guided_backprop, deconvnet; got 'gradcam'"),
+         r"base must be one of saliency, guided_backprop, deconvnet, input_x_gradient, integrated_gradients; got 'gradcam'"),
     case("batch-size-negative", lambda c: on_torch(c, X, "gradcam", batch_size=-1), cnnlens.InvalidInputError,
          r"batch_size must be a positive int, got -1"),
     case("batch-size-bool", lambda c: on_torch(c, X, "saliency", batch_size=True), cnnlens.InvalidInputError,
@@ -401,18 +403,19 @@ API_CASES = [
     case("batch-size-str-scorecam", lambda c: on_torch(c, X, "scorecam", batch_size="4"), cnnlens.InvalidInputError,
          r"batch_size must be a positive int, got '4'"),
     # ------------------------------------------------ model outputs
-    case("output-map", lambda c: cnnlens.explain(WrongRank("map"), X, "saliency"), cnnlens.ModelError,
-         r"output has shape \(2, 4, 16, 16\), not \(N, classes\): wrap the model in a module that returns"),
+    case("output-map", lambda c: cnnlens.explain(WrongRank("map"), X, "saliency"), cnnlens.TargetError,
+         r"output has shape \(2, 4, 16, 16\), not \(N, classes\), so a class index does not say what to explain: "
+         r"give target weights"),
     case("output-map-forward", lambda c: cnnlens.explain(WrongRank("map"), X, "occlusion", window=8),
-         cnnlens.ModelError, r"output has shape \(2, 4, 16, 16\), not \(N, classes\): wrap the model"),
-    case("output-vector", lambda c: cnnlens.explain(WrongRank("vector"), X, "gradcam"), cnnlens.ModelError,
-         r"output has shape \(2,\), not \(N, classes\): wrap the model"),
-    case("output-tuple-led-by-map", lambda c: cnnlens.explain(WrongRank("tuple"), X, "saliency"), cnnlens.ModelError,
-         r"output has shape \(2, 4, 16, 16\), not \(N, classes\): wrap the model"),
+         cnnlens.TargetError, r"output has shape \(2, 4, 16, 16\), not \(N, classes\).*give target weights"),
+    case("output-vector", lambda c: cnnlens.explain(WrongRank("vector"), X, "gradcam"), cnnlens.TargetError,
+         r"output has shape \(2,\), not \(N, classes\).*give target weights"),
+    case("output-tuple-led-by-map", lambda c: cnnlens.explain(WrongRank("tuple"), X, "saliency"), cnnlens.TargetError,
+         r"output has shape \(2, 4, 16, 16\), not \(N, classes\).*give target weights"),
     case("output-none", lambda c: cnnlens.explain(WrongRank("none"), X, "occlusion", window=8), cnnlens.ModelError,
          r"returned NoneType with no tensor in it: .*wrap it in a module that returns them"),
-    case("output-map-onnx", lambda c: cnnlens.explain(c.maps_onnx, X, "occlusion", window=8), cnnlens.ModelError,
-         r"output has shape \(2, 4, 16, 16\), not \(N, classes\).*(wrap|export)"),
+    case("output-map-onnx", lambda c: cnnlens.explain(c.maps_onnx, X, "occlusion", window=8), cnnlens.TargetError,
+         r"output has shape \(2, 4, 16, 16\), not \(N, classes\).*give target weights"),
 ]
 
 

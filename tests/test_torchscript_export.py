@@ -259,7 +259,7 @@ def test_scriptmodule_object_in_memory(small, x):
 # ---------------------------------------------------------------- TorchScript: what does not
 
 
-WORKS = {"saliency", "smoothgrad", "occlusion"}
+WORKS = {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "occlusion", "rise"}
 
 
 @pytest.mark.parametrize("method,options", [

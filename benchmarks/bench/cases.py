@@ -74,6 +74,17 @@ def cases(w: Workload, backend: str, capabilities: frozenset, channels: int, bat
                          ("layers", (shallow,)), n))
         rows.append(Case("gradcam (10 layers)", "gradcam", n, _explain(x, t, "gradcam", ten),
                          ("layers", tuple(ten)), n))
+    m, steps = w.integrated["images"], w.integrated["steps"]
+    if gradients:
+        rows.append(Case("input_x_gradient", "input_x_gradient", n, _explain(x, t, "input_x_gradient"),
+                         ("input", None), n, "input_x_gradient"))
+    if gradients and m:
+        rows.append(Case("integrated_gradients", "integrated_gradients", m,
+                         _explain(x[:m], t[:m], "integrated_gradients", steps=steps), ("input", None), m * steps,
+                         "integrated_gradients", dict(steps=steps, batch=batch["backward"]), m))
+    if "layer_gradients" in capabilities:
+        for variant in ("gradcampp", "xgradcam", "layercam", "hirescam"):
+            rows.append(Case(variant, variant, n, _explain(x, t, variant, layer), ("layers", (layer,)), n, variant))
     if "relu_rules" in capabilities and "layer_gradients" in capabilities:
         rows.append(Case("guided_gradcam", "guided_gradcam", n, _explain(x, t, "guided_gradcam", layer),
                          ("input", None), n, "guided_gradcam"))
@@ -85,6 +96,16 @@ def cases(w: Workload, backend: str, capabilities: frozenset, channels: int, bat
         m = w.scorecam_images
         rows.append(Case("scorecam", "scorecam", m, _explain(x[:m], t[:m], "scorecam", layer), ("forward", None),
                          m * (channels + 1), "scorecam", dict(batch=batch["forward"]), m))
+    if "activations" in capabilities:
+        rows.append(Case("eigencam", "eigencam", n, _explain(x, t, "eigencam", layer), ("forward", None), n, "eigencam"))
+    if "replace_layer" in capabilities and w.scorecam_images:
+        m = w.scorecam_images
+        rows.append(Case("ablationcam", "ablationcam", m, _explain(x[:m], t[:m], "ablationcam", layer),
+                         ("forward", None), m * (channels + 1), "ablationcam", dict(batch=batch["forward"]), m))
+    m, masks = w.rise["images"], w.rise["masks"]
+    if m:
+        rows.append(Case("rise", "rise", m, _explain(x[:m], t[:m], "rise", masks=masks), ("forward", None),
+                         m * (masks + 1), None, {}, m))
     m = w.occlusion_images
     p = positions(size, w.occlusion["window"], w.occlusion["stride"]) ** 2
     rows.append(Case("occlusion", "occlusion", m, _explain(x[:m], t[:m], "occlusion", **w.occlusion), ("forward", None),

@@ -40,6 +40,9 @@ class TimedBackend:
     def linear_head(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed("linear_head", *args, **kwargs)
 
+    def replaced(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed("replaced", *args, **kwargs)
+
 
 def agreement(ours: np.ndarray, theirs: Any, method: str, peer: str) -> Optional[float]:
     """Mean per-image Pearson correlation between two sets of maps; None when their shapes do not

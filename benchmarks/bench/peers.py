@@ -66,6 +66,13 @@ def captum(method: str, model: Any, x: Any, targets: Any, layer: str, settings: 
         per_pass = max(1, settings["batch"] // len(x))
         return lambda: nt.attribute(x, nt_type="smoothgrad", nt_samples=settings["samples"],
                                     nt_samples_batch_size=per_pass, stdevs=spread, target=targets, abs=False)
+    if method == "input_x_gradient":
+        ixg = attr.InputXGradient(model)
+        return lambda: ixg.attribute(x, target=targets)
+    if method == "integrated_gradients":
+        ig = attr.IntegratedGradients(model)
+        return lambda: ig.attribute(x, baselines=0.0, target=targets, n_steps=settings["steps"],
+                                    method="gausslegendre", internal_batch_size=settings["batch"])
     if method == "occlusion":
         occ = attr.Occlusion(model)
         c, w, s = x.shape[1], settings["window"], settings["stride"]
@@ -93,6 +100,19 @@ def grad_cam(method: str, model: Any, x: Any, targets: Any, layer: str, settings
                     extractor.batch_size = settings["batch"]
                 return extractor(input_tensor=x, targets=wanted)
         return run_cam
+    variants = {"gradcampp": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
+                "hirescam": "HiResCAM", "eigencam": "EigenCAM", "ablationcam": "AblationCAM"}
+    if method in variants:
+        kind = getattr(pgc, variants[method])
+
+        def run_variant() -> Any:
+            if method == "ablationcam":  # it swaps the layer for its own module and back: on a copy
+                own = copy.deepcopy(model)
+                with kind(model=own, target_layers=[_module(own, layer)], batch_size=settings["batch"]) as extractor:
+                    return extractor(input_tensor=x, targets=wanted)
+            with kind(model=model, target_layers=[_module(model, layer)]) as extractor:
+                return extractor(input_tensor=x, targets=wanted)
+        return run_variant
     if method == "guided_backprop":
         own = copy.deepcopy(model)  # it swaps the model's ReLU modules for its own and back
         gb = pgc.GuidedBackpropReLUModel(own, device=x.device)

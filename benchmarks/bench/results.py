@@ -37,6 +37,8 @@ def _is(method: str, backend: Optional[str] = None, device: Optional[str] = None
     return applies
 
 
+_CAM_VARIANTS = ("gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "ablationcam")
+
 TARGETS: List[Target] = [
     Target("Grad-CAM <= 1.10x its forward+backward floor", _is("gradcam", "torch"), lambda r: r["floor_ratio"], "<=", 1.10),
     Target("Grad-CAM >= 2x the throughput of pytorch-grad-cam", _is("gradcam", "torch"), _peer("pytorch-grad-cam"), ">=", 2.0),
@@ -53,6 +55,12 @@ TARGETS: List[Target] = [
            lambda r: r.get("vs_torch"), ">=", 1.0),
     Target("Saliency on ONNX Runtime (CPU) >= 1.0x the torch backend's throughput", _is("saliency", "onnx", "cpu"),
            lambda r: r.get("vs_torch"), ">=", 1.0),
+    Target("A CAM variant >= 1.5x pytorch-grad-cam", lambda r: r["method"] in _CAM_VARIANTS and r["backend"] == "torch",
+           _peer("pytorch-grad-cam"), ">=", 1.5),
+    Target("Integrated Gradients / Input x Gradient >= 1.0x Captum", lambda r: r["method"] in
+           ("integrated_gradients", "input_x_gradient") and r["backend"] == "torch", _peer("captum"), ">=", 1.0),
+    Target("Integrated Gradients <= 1.10x its floor (steps forward+backward passes)",
+           _is("integrated_gradients", "torch"), lambda r: r["floor_ratio"], "<=", 1.10),
     Target("On a GPU: the NumPy share of the time under 10%", lambda r: r["device"].startswith("cuda"),
            lambda r: r.get("numpy_share"), "<=", 0.10),
 ]

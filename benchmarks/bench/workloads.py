@@ -21,10 +21,12 @@ class Workload:
     occlusion: Dict[str, int]      # window, stride
     occlusion_images: int
     smoothgrad: Dict[str, Any]     # samples, noise
-    scorecam_images: int           # 0 skips Score-CAM on this workload
+    scorecam_images: int           # 0 skips Score-CAM and Ablation-CAM on this workload
     repeats: int
     budget: float                  # seconds of repeats per implementation before stopping early
     onnx: Optional[bytes] = None   # the model exported to ONNX (None when export is unavailable)
+    integrated: Dict[str, int] = field(default_factory=lambda: dict(images=0, steps=8))  # images (0: skip), steps
+    rise: Dict[str, int] = field(default_factory=lambda: dict(images=0, masks=100))      # images (0: skip), masks
     notes: List[str] = field(default_factory=list)
 
 
@@ -92,6 +94,8 @@ def resnet50(quick: bool, device: str) -> Workload:
         occlusion_images=(4 if gpu else 1) if quick else (16 if gpu else 2),
         smoothgrad=dict(samples=8 if quick else 16, noise=0.15),
         scorecam_images=(4 if gpu else 0) if quick else (16 if gpu else 1),
+        integrated=dict(images=(4 if gpu else 1) if quick else (16 if gpu else 2), steps=16 if quick else 50),
+        rise=dict(images=(4 if gpu else 1) if quick else (8 if gpu else 1), masks=250 if quick else 1000),
         repeats=3 if quick else 5, budget=8.0 if quick else 60.0, onnx=_export(model, 224, device),
     )
 
@@ -113,6 +117,8 @@ def small(quick: bool, device: str) -> Workload:
         occlusion_images=(64 if gpu else 8) if quick else (256 if gpu else 32),
         smoothgrad=dict(samples=8 if quick else 16, noise=0.15),
         scorecam_images=(64 if gpu else 16) if quick else (256 if gpu else 64),
+        integrated=dict(images=(64 if gpu else 16) if quick else (256 if gpu else 32), steps=16 if quick else 50),
+        rise=dict(images=(16 if gpu else 4) if quick else (64 if gpu else 8), masks=500 if quick else 2000),
         repeats=3 if quick else 5, budget=8.0 if quick else 30.0, onnx=_export(model, 64, device),
     )
 

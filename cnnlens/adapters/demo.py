@@ -21,14 +21,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..core.metrics import pointing_game
-from ..core.methods import METHODS, run
+from ..core.methods import ACTIVATIONS, METHODS, run
 from ..core.sanity import deletion_insertion_auc, randomisation_test
 from . import render, synthetic
 from .export import atomic_path, to_onnx, to_torchscript
 from .report import write_report
 
 #: Methods whose maps can point: everything but the activations themselves.
-POINTING = [m for m in METHODS if m != "feature_maps"]
+POINTING = [m for m, spec in METHODS.items() if spec.kind != ACTIVATIONS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,7 @@ class DemoConfig:
     report_images: Tuple[int, int] = (4, 2)   # positives, negatives in the report and figures
     occlusion: Tuple[int, int] = (8, 4)       # window, stride
     smoothgrad_samples: int = 16
+    rise_masks: int = 500
     deletion_steps: int = 16                  # points on the deletion / insertion curves
     randomisation_images: int = 8             # held-out positives for the randomisation test
     randomisation_steps: int = 8              # cascade points reported (evenly spread, top first)
@@ -58,7 +59,7 @@ class DemoConfig:
 
 
 QUICK = DemoConfig(train_images=600, epochs=3, held_out=24, pointing_images=6, report_images=(2, 1),
-                   smoothgrad_samples=4, deletion_steps=4, randomisation_images=2, randomisation_steps=2)
+                   smoothgrad_samples=4, rise_masks=50, deletion_steps=4, randomisation_images=2, randomisation_steps=2)
 
 #: What the cached model depends on (the explaining settings can change without retraining).
 TRAINING_FIELDS = ("size", "train_images", "epochs", "batch_size", "lr", "noise", "weight_decay", "seed")
@@ -67,7 +68,8 @@ TRAINING_FIELDS = ("size", "train_images", "epochs", "batch_size", "lr", "noise"
 def _options(config: DemoConfig) -> Dict[str, Dict[str, Any]]:
     window, stride = config.occlusion
     return {"occlusion": {"window": window, "stride": stride},
-            "smoothgrad": {"samples": config.smoothgrad_samples, "noise": 0.15}}
+            "smoothgrad": {"samples": config.smoothgrad_samples, "noise": 0.15},
+            "rise": {"masks": config.rise_masks}}
 
 
 def _say(text: str) -> None:

@@ -23,10 +23,8 @@ from ..core.errors import InvalidInputError
 from ..core.resize import resize_bilinear
 from ..core.roi import crop, threshold_box
 
-CAM_METHODS = ("gradcam", "cam", "scorecam", "occlusion")
-GRADIENT_METHODS = ("saliency", "guided_backprop", "deconvnet", "smoothgrad", "smoothgrad_sq", "vargrad",
-                    "guided_gradcam")
-FEATURE_METHODS = ("feature_maps",)
+#: how each kind of map (``Method.kind`` in the method registry) is pictured
+_PICTURE = {"cam": "cam", "input": "gradient", "activations": "features"}
 
 GRADIENT_CMAP = "inferno"  # sequential, black for "no gradient"
 PANEL_INCHES = 3.0
@@ -180,16 +178,14 @@ def _mosaic(maps: np.ndarray, shape: Tuple[int, int], max_maps: int = 16, gap: i
 
 
 def _method_kind(method: str) -> str:
-    if method in CAM_METHODS:
-        return "cam"
-    if method in GRADIENT_METHODS:
-        return "gradient"
-    if method in FEATURE_METHODS:
-        return "features"
-    known = CAM_METHODS + GRADIENT_METHODS + FEATURE_METHODS
-    close = difflib.get_close_matches(str(method), known, n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise InvalidInputError(f"no picture for method {method!r}.{hint} Methods: {', '.join(known)}")
+    """"cam", "gradient" or "features": read off the method's description (its kind of map)."""
+    from ..core.errors import UnknownMethodError
+    from ..core.methods import lookup
+
+    try:
+        return _PICTURE[lookup(method).kind]
+    except UnknownMethodError as error:
+        raise InvalidInputError(f"no picture for method {method!r}: {str(error).split('. ', 1)[-1]}") from None
 
 
 def method_panel(image: np.ndarray, exp_map: np.ndarray, method: str) -> np.ndarray:
@@ -326,6 +322,25 @@ def layer_grid(image: np.ndarray, maps: np.ndarray, names: Sequence[Any], title:
     return figure
 
 
+def gradient_layer_grid(image: np.ndarray, maps: np.ndarray, names: Sequence[Any], title: str = "",
+                        columns: int = 4) -> Any:
+    """One input attribution per layer (L, C, H, W) (guided Grad-CAM of several layers): each as
+    ``method_panel`` shows a gradient, titled with its layer."""
+    maps = np.asarray(maps, dtype=np.float32)
+    names = list(names)
+    if maps.ndim != 4 or len(names) != len(maps):
+        raise InvalidInputError(f"gradient maps per layer must be (L, C, H, W) with one name per layer, got "
+                                f"{maps.shape} and {len(names)} names")
+    image = _rgb(image)
+    shape = image.shape[:2]
+    columns = max(1, min(int(columns), len(maps)))
+    figure = _panel_figure(math.ceil(len(maps) / columns), columns, image.shape, title, inches=2.6)
+    for ax, gradient, entry in zip(_grid(figure, len(maps), columns), maps, names):
+        _show(ax, colorize(_fit_to(_gradient_gray(gradient), shape), GRADIENT_CMAP), _layer_title(entry),
+              small=len(maps) > 8)
+    return figure
+
+
 def feature_map_grid(maps: np.ndarray, max_maps: int = 64, title: str = "") -> Any:
     """The first ``max_maps`` of one image's feature maps (K, h, w), each min-max, viridis,
     titled with its channel index. Returns a matplotlib Figure."""
@@ -416,9 +431,12 @@ def explanation_figure(image: np.ndarray, exp: Any, index: int = 0) -> Any:
     one CAM-family or occlusion map, ``feature_map_grid`` for feature maps."""
     kind = _method_kind(exp.method)
     maps = np.asarray(exp.maps)[index]
-    target = int(np.asarray(exp.target)[index])
+    target = np.asarray(exp.target)[index]
+    what = f"class {int(target)}" if np.ndim(target) == 0 else "output weights"
     where = "" if exp.layer is None else f" at {exp.layer if isinstance(exp.layer, str) else 'each layer'}"
-    title = f"{exp.method}, class {target}{where}"
+    title = f"{exp.method}, {what}{where}"
+    if kind == "gradient" and maps.ndim == 4:  # one input attribution per layer (guided Grad-CAM of a list)
+        return gradient_layer_grid(image, maps, list(exp.layer), title=title)
     if kind == "gradient":
         return gradient_figure(image, maps, title=title)
     if kind == "features":

@@ -25,6 +25,7 @@ RELU_RULES = "relu_rules"              # guided / deconvnet ReLU backward
 WEIGHTS = "weights"                    # a layer's weight tensor
 LINEAR_HEAD = "linear_head"            # GAP -> linear head found automatically (CAM)
 RANDOMISE = "randomise"                # a copy with some layers' learned weights re-drawn
+REPLACE_LAYER = "replace_layer"        # outputs with one layer's output replaced (Ablation-CAM)
 
 
 @runtime_checkable
@@ -60,6 +61,11 @@ class Backend(Protocol):
     def linear_head(self, x: np.ndarray, layer: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         """For a GAP -> linear head: (logits, the pooled activations (N, K, h, w), the linear
         weights (classes, K), the pooled tensor's layer name)."""
+
+    def replaced(self, x: np.ndarray, layer: str, values: np.ndarray) -> np.ndarray:
+        """The outputs (B, ...) of the model run on from layer ``layer``, its output replaced by
+        ``values`` (B, K, h, w, NCHW); ``x`` holds one image (shared by every replacement) or B
+        (what the model needs of the image besides that layer)."""
 
     def weights(self, layer: Optional[str] = None) -> np.ndarray:
         """A layer's weight tensor (the first convolution when ``layer`` is None)."""

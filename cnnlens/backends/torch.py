@@ -24,11 +24,12 @@ from ..core.errors import InvalidInputError, LayerError, ModelError, unknown_lay
 from ..core.types import Layer, Pass
 from . import base
 from ._torch_relu import ReluRuleMode
+from ._torch_replace import run_replaced
 
 _CAPABILITIES = frozenset({
     base.FORWARD, base.ACTIVATIONS, base.INPUT_GRADIENTS, base.LAYER_GRADIENTS,
     base.RELU_RULES, base.WEIGHTS, base.LINEAR_HEAD,
-    base.RANDOMISE,
+    base.RANDOMISE, base.REPLACE_LAYER,
 })
 #: What TorchScript allows: no hooks on compiled modules, and compiled code calls its ReLUs
 #: without going through Python, so no activations, layer gradients or ReLU rules.
@@ -126,12 +127,9 @@ def _scores(output: Any, choice: Union[None, int, str], model: nn.Module) -> tor
                 f"the model returns a {type(output).__name__} of {len(tensors)} tensors; cnnlens explains the "
                 f"first, {label} (shape {tuple(scores.shape)}). To explain another, load the model with "
                 f"cnnlens.load(model, output=KEY_OR_INDEX) (command line: --output)", UserWarning, stacklevel=2)
-    if scores.ndim != 2:
-        raise ModelError(
-            f"the model's output has shape {tuple(scores.shape)}, not (N, classes): wrap the model in a "
-            f"module that returns one row of class scores per image"
-            + ("" if isinstance(output, torch.Tensor) else ", or choose another output with output=...")
-        )
+    if scores.ndim < 1 or not scores.is_floating_point():
+        raise ModelError(f"the model's output is a {scores.dtype} tensor of shape {tuple(scores.shape)}, not float "
+                         f"scores with a batch axis: wrap the model so that it returns them")
     return scores
 
 
@@ -598,6 +596,13 @@ class TorchBackend:
                 result.activations[n] = host[i]
                 result.gradients[n] = host[len(layers) + i]
             return result
+
+    def replaced(self, x: np.ndarray, layer: str, values: np.ndarray) -> np.ndarray:
+        """The outputs with layer ``layer``'s output replaced by ``values`` (B, K, h, w); ``x`` holds
+        one image (shared by every replacement) or B."""
+        name = self.resolve_layer(layer)
+        with _EvalState.evaluating(self.model):
+            return run_replaced(self, self._modules()[name], name, np.asarray(x), np.asarray(values, dtype=np.float32))
 
     @staticmethod
     def _grad(logits: torch.Tensor, wanted: List[torch.Tensor], seed: torch.Tensor, retain: bool) -> List[torch.Tensor]:

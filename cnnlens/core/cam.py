@@ -69,3 +69,74 @@ def softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     shifted = np.exp(scores - scores.max(axis=axis, keepdims=True))
     return (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- Grad-CAM's variants (pytorch-grad-cam 1.5)
+
+
+def gradcampp_weights(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhay et al. 2018) channel weights (N, K): ``sum_ij alpha_kij ReLU(g_kij)``,
+    ``alpha = g^2 / (2 g^2 + (sum_ij A_k) g^3 + 1e-6)``, 0 where ``g = 0``."""
+    g = np.asarray(gradients, dtype=np.float64)
+    sums = np.asarray(activations, dtype=np.float64).sum(axis=(2, 3), keepdims=True)
+    g2 = g * g
+    alpha = g2 / (2 * g2 + sums * g2 * g + 1e-6)
+    alpha = np.where(g != 0, alpha, 0)
+    return (np.maximum(g, 0) * alpha).sum(axis=(2, 3)).astype(np.float32)
+
+
+def xgradcam_weights(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """XGrad-CAM (Fu et al. 2020) channel weights (N, K): ``sum_ij g A / (sum_ij A + 1e-7)``."""
+    a = np.asarray(activations, dtype=np.float64)
+    sums = a.sum(axis=(2, 3))
+    return (np.einsum("nkij,nkij->nk", np.asarray(gradients, dtype=np.float64), a) / (sums + 1e-7)).astype(np.float32)
+
+
+def elementwise_cam(activations: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``ReLU(sum_k W_k * A_k)`` with weights per position (N, K, h, w) -> (N, h, w)."""
+    summed = np.einsum("nkij,nkij->nij", np.asarray(weights, dtype=np.float32),
+                       np.asarray(activations, dtype=np.float32))
+    return np.maximum(summed, 0)
+
+
+#: each CAM of Grad-CAM's pass, at layer resolution: (activations, gradients) -> ReLU'd (N, h, w)
+GRADIENT_CAMS = {
+    "gradcam": gradcam,
+    "gradcampp": lambda a, g: weighted_sum(a, gradcampp_weights(a, g)),
+    "xgradcam": lambda a, g: weighted_sum(a, xgradcam_weights(a, g)),
+    "layercam": lambda a, g: elementwise_cam(a, np.maximum(g, 0)),
+    "hirescam": lambda a, g: elementwise_cam(a, g),
+}
+
+
+def eigencam(activations: np.ndarray) -> np.ndarray:
+    """Eigen-CAM (Muhammad & Yeasin 2020), (N, h, w): per image, the (h*w, K) activations centred over
+    positions, projected on their first right singular vector, signed to correlate positively with
+    the channel sum, ReLU'd.
+
+    The projection is ``s_1 u_1``: the top eigenvector of the smaller of the two Gram matrices (K x K
+    or hw x hw), for all images in one batched ``eigh``, in float64.
+    """
+    a = np.asarray(activations, dtype=np.float64)
+    n, k, h, w = a.shape
+    centred = a.reshape(n, k, h * w).transpose(0, 2, 1)  # (N, hw, K)
+    centred = centred - centred.mean(axis=1, keepdims=True)
+    if k <= h * w:
+        _, vectors = np.linalg.eigh(np.matmul(centred.transpose(0, 2, 1), centred))  # (N, K, K), ascending
+        projection = np.matmul(centred, vectors[:, :, -1:])[..., 0]  # (N, hw)
+    else:
+        values, vectors = np.linalg.eigh(np.matmul(centred, centred.transpose(0, 2, 1)))  # (N, hw, hw)
+        projection = vectors[:, :, -1] * np.sqrt(np.maximum(values[:, -1:], 0))
+    total = a.reshape(n, k, h * w).sum(axis=1)
+    agree = np.einsum("ni,ni->n", projection - projection.mean(axis=1, keepdims=True),
+                      total - total.mean(axis=1, keepdims=True))
+    projection = np.where(agree[:, None] < 0, -projection, projection)
+    return np.maximum(projection, 0).reshape(n, h, w).astype(np.float32)
+
+
+def ablation_weights(clean: np.ndarray, ablated: np.ndarray) -> np.ndarray:
+    """Ablation-CAM (Desai & Ramaswamy 2020) channel weights (N, K): ``(y - y_k) / y``; where the clean
+    score is 0, the plain drop ``y - y_k``."""
+    clean = np.asarray(clean, dtype=np.float64)[:, None]
+    drop = clean - np.asarray(ablated, dtype=np.float64)
+    return np.divide(drop, clean, out=drop.copy(), where=clean != 0).astype(np.float32)

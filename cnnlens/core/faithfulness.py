@@ -13,10 +13,10 @@ import numpy as np
 
 from . import progress
 from .errors import InvalidInputError
-from .methods import _batch_size, _batches, check_images
+from .methods.common import batch_size as _batch_size, batches as _batches, check_images
 from .metrics import spearman
 from .occlusion import as_baseline
-from .targets import Target, pick, resolve_targets
+from .targets import Objective, Target, class_scores as _as_class_scores, objective, pick
 
 #: Any object implementing ``cnnlens.backends.base.Backend`` (the core never imports backends).
 Backend = Any
@@ -177,7 +177,7 @@ def auc(curve: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def class_scores(logits: np.ndarray, classes: np.ndarray, score: str) -> np.ndarray:
     """Each row's ``score`` of its class, float64: the logit, or the softmax probability (stable)."""
-    logits = np.asarray(logits, dtype=np.float64)
+    logits = _as_class_scores(np.asarray(logits, dtype=np.float64))
     if score == "logit":
         return pick(logits, classes)
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -227,7 +227,8 @@ def deletion_insertion(backend: Backend, x: np.ndarray, maps: np.ndarray, target
     insertion starts from the baseline image and puts the most important pixels back first.
     At each of the ``steps + 1`` points (:func:`step_counts` pixels changed) the model's
     ``score`` ("probability": softmax; "logit") of the target class is recorded. ``target``:
-    None (the class predicted for the unperturbed image), an int, or one int per image.
+    None (the class predicted for the unperturbed image), an int, one int per image, or output
+    weights (then the score is ``sum(w * output)`` whatever ``score`` says).
     ``baseline``: see :func:`baseline_image`. All perturbed images go through the model
     ``batch_size`` at a time, across images.
 
@@ -243,22 +244,29 @@ def deletion_insertion(backend: Backend, x: np.ndarray, maps: np.ndarray, target
     base = baseline_image(x, baseline)
     batch = _batch_size(backend, batch_size, "forward", x)
     logits = np.concatenate([backend.forward(x[sl]).logits for sl in _batches(len(x), batch)])
-    classes = resolve_targets(target, logits)
+    goal = objective(target, logits)
     curves = np.empty((len(x), 2, steps + 1), dtype=np.float64)
-    clean = class_scores(logits, classes, score)
+    clean = _scores(goal, logits, np.arange(len(x)), score)
     curves[:, 0, 0], curves[:, 1, steps] = clean, clean
-    _score_perturbed(backend, x, base, _ranks(pixel_order(imp)), classes, score, steps, batch, curves)
+    _score_perturbed(backend, x, base, _ranks(pixel_order(imp)), goal, score, steps, batch, curves)
     return {
         "deletion": curves[:, 0],
         "insertion": curves[:, 1],
         "deletion_auc": auc(curves[:, 0]),
         "insertion_auc": auc(curves[:, 1]),
-        "target": classes,
+        "target": goal.record,
     }
 
 
+def _scores(goal: Objective, outputs: np.ndarray, owners: np.ndarray, score: str) -> np.ndarray:
+    """The recorded score: of a class, its ``score``; of output weights, ``sum(w * output)``."""
+    if goal.classes is None:
+        return goal.score(outputs, owners)
+    return class_scores(outputs, goal.classes[owners], score)
+
+
 def _score_perturbed(backend: Backend, x: np.ndarray, base: np.ndarray, ranks: np.ndarray,
-                     classes: np.ndarray, score: str, steps: int, batch: int, curves: np.ndarray) -> None:
+                     goal: Objective, score: str, steps: int, batch: int, curves: np.ndarray) -> None:
     """Fill ``curves`` (N, 2, steps + 1) with the scores of the perturbed images, batch by batch."""
     items = _curve_items(len(x), steps)
     counts = step_counts(ranks.shape[1], steps)
@@ -269,7 +277,7 @@ def _score_perturbed(backend: Backend, x: np.ndarray, base: np.ndarray, ranks: n
             start = np.where(insertion, base[n], x[n])
             end = np.where(insertion, x[n], base[n])
             scores = backend.forward(_mix(start, end, ranks[n], counts[step])).logits
-            curves[n, curve, step] = class_scores(scores, classes[n], score)
+            curves[n, curve, step] = _scores(goal, scores, n, score)
             advance(sl.stop - sl.start)
 
 

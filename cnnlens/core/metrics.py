@@ -6,6 +6,15 @@ from typing import Dict
 
 import numpy as np
 
+from .errors import InvalidInputError
+
+
+def _floats(values, name: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be an array of numbers, got {type(values).__name__}") from None
+
 
 def rankdata(values: np.ndarray) -> np.ndarray:
     """Ranks 1..n of a flat array, ties given their average rank (as scipy.stats.rankdata)."""
@@ -26,10 +35,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     Two constant maps count as perfectly correlated (1.0) when equal and uncorrelated (0.0)
     otherwise; one constant map against a varying one gives 0.0.
     """
-    a = np.asarray(a, dtype=np.float64).reshape(-1)
-    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    a = _floats(a, "the first map").reshape(-1)
+    b = _floats(b, "the second map").reshape(-1)
     if a.shape != b.shape:
-        raise ValueError(f"maps must have the same size, got {a.size} and {b.size}")
+        raise InvalidInputError(f"maps must have the same size, got {a.size} and {b.size}")
+    if a.size == 0 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise InvalidInputError("maps must be non-empty and hold finite numbers")
     flat_a, flat_b = np.ptp(a) == 0, np.ptp(b) == 0
     if flat_a or flat_b:
         return 1.0 if flat_a and flat_b and np.array_equal(a, b) else 0.0
@@ -59,14 +70,19 @@ def pointing_hits(maps: np.ndarray, boxes: np.ndarray, tolerance: float = 15 / 2
     (top, left, bottom, right) in pixels, bottom/right exclusive. Ties: the first maximum in
     row-major order.
     """
-    maps = np.asarray(maps, dtype=np.float64)
+    maps = _floats(maps, "maps")
     if maps.ndim == 4:
         maps = np.abs(maps).sum(axis=1)
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (N, H, W) or (N, C, H, W), got shape {maps.shape}")
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if maps.ndim != 3 or 0 in maps.shape:
+        raise InvalidInputError(f"maps must be (N, H, W) or (N, C, H, W), got shape {maps.shape}")
+    boxes = _floats(boxes, "boxes")
+    if boxes.size % 4 or boxes.ndim > 2 or (boxes.ndim == 2 and boxes.shape[1] != 4):
+        raise InvalidInputError(f"boxes must be (N, 4) as (top, left, bottom, right), got shape {boxes.shape}")
+    boxes = boxes.reshape(-1, 4)
     if len(boxes) != len(maps):
-        raise ValueError(f"{len(boxes)} boxes for {len(maps)} maps")
+        raise InvalidInputError(f"{len(boxes)} boxes for {len(maps)} maps: give one box per map")
+    if not np.isfinite(boxes).all():
+        raise InvalidInputError("boxes contain NaN or infinite values")
     n, h, w = maps.shape
     peak = maps.reshape(n, -1).argmax(axis=1)
     rows, cols = np.divmod(peak, w)

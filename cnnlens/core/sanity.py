@@ -18,7 +18,7 @@ from . import faithfulness as faith
 from . import progress
 from .errors import InvalidInputError, UnsupportedError
 from .methods import Backend, run
-from .targets import Target, resolve_targets
+from .targets import Target, objective
 from .types import Explanation
 
 RANDOMISE = "randomise"
@@ -68,7 +68,7 @@ def randomisation_test(backend: Backend, x: np.ndarray, methods: Sequence[str], 
     points = cascade_points(len(cascade), steps)
     originals = {m: (originals or {}).get(m) or run(backend, x, m, target=target, **options.get(m, {}))
                  for m in methods}
-    classes = next(iter(originals.values())).target if originals else resolve_targets(target, backend.forward(x).logits)
+    classes = next(iter(originals.values())).target if originals else objective(target, backend.forward(x).logits).record
     result: Dict[str, List[Dict[str, Any]]] = {m: [] for m in methods}
     with progress.task("randomisation", len(points)) as advance:
         for k in points:

@@ -1,19 +1,88 @@
-"""Which class each image is explained for, and the one-hot weights to back-propagate."""
+"""What is explained: a class per image, or weights over the model's output (``sum w * output``).
+
+``target`` as the user gives it: ``None`` (each image's arg-max class), an int (that class for every
+image), one int per image, or an array of float weights — the shape of one output (the same for
+every image) or of the whole batch's outputs — for models that are not classifiers (a regression
+head, a segmentation map). :func:`objective` turns it and the model's outputs into an
+:class:`Objective`, which scores outputs and gives the gradient rows to back-propagate.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import TargetError
 
-Target = Union[None, int, Sequence[int], np.ndarray]
+Target = Union[None, int, Sequence[int], np.ndarray, "OutputWeights"]
+
+
+class OutputWeights:
+    """Weights over the outputs, one row per image, shape (N, *output): the explained score of image
+    ``i`` is ``sum(weights[i] * output[i])``."""
+
+    def __init__(self, weights: np.ndarray):
+        self.weights = np.ascontiguousarray(weights, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __getitem__(self, index) -> "OutputWeights":
+        return OutputWeights(self.weights[index])
+
+
+def is_weights(target: Target) -> bool:
+    """Whether ``target`` is output weights (a float array) rather than class indices."""
+    if isinstance(target, OutputWeights):
+        return True
+    if isinstance(target, np.ndarray):
+        return target.dtype.kind == "f" and target.ndim > 0
+    if isinstance(target, (list, tuple)) and target:
+        array = np.asarray(target)
+        return array.dtype.kind == "f" and (array.ndim > 1 or not all(float(v).is_integer() for v in array.ravel()))
+    return False
+
+
+def output_weights(target: Target, n: int, output_shape: Tuple[int, ...]) -> OutputWeights:
+    """Float weights checked against the model's output shape (without the batch axis) and
+    broadcast to one row per image."""
+    if isinstance(target, OutputWeights):
+        return target
+    weights = np.asarray(target, dtype=np.float64)
+    if not np.isfinite(weights).all():
+        raise TargetError("target weights contain NaN or infinite values")
+    output_shape = tuple(output_shape)
+    if weights.shape == output_shape:
+        weights = np.broadcast_to(weights, (n,) + output_shape)
+    elif weights.shape != (n,) + output_shape:
+        raise TargetError(
+            f"target weights have shape {weights.shape}, and the model's output for {n} images is "
+            f"{(n,) + output_shape}: give weights of one output's shape {output_shape} (the same for every "
+            f"image) or of the batch's {(n,) + output_shape}"
+        )
+    return OutputWeights(weights)
 
 
 def is_single(target: Target) -> bool:
     """Whether ``target`` means one thing for every image: None or one class index."""
     return target is None or np.isscalar(target) or (isinstance(target, np.ndarray) and target.ndim == 0)
+
+
+def class_scores(outputs: np.ndarray) -> np.ndarray:
+    """The outputs as (N, classes) scores (an (N, K, 1, 1) head squeezed), or a TargetError that says
+    to give output weights instead."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim > 2 and all(d == 1 for d in outputs.shape[2:]):
+        outputs = outputs.reshape(outputs.shape[:2])
+    if outputs.ndim != 2:
+        raise TargetError(
+            f"the model's output has shape {outputs.shape}, not (N, classes), so a class index does not say "
+            f"what to explain: give target weights, an array of one output's shape {outputs.shape[1:]} (the "
+            f"explained score is sum(weights * output); command line: --target-weights FILE.npy), or choose "
+            f"the class-score output with cnnlens.load(model, output=...)"
+        )
+    return outputs
 
 
 def resolve_targets(target: Target, logits: np.ndarray) -> np.ndarray:
@@ -22,9 +91,7 @@ def resolve_targets(target: Target, logits: np.ndarray) -> np.ndarray:
     ``None`` takes each image's arg-max of ``logits`` (N, K); an int explains that class
     for every image; a sequence gives one class per image.
     """
-    logits = np.asarray(logits)
-    if logits.ndim != 2:
-        raise TargetError(f"model outputs must have shape (N, classes), got {logits.shape}")
+    logits = class_scores(logits)
     n, k = logits.shape
     if target is None:
         return np.argmax(logits, axis=1).astype(np.int64)
@@ -69,16 +136,65 @@ def pick(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return scores[np.arange(len(classes)), classes]
 
 
-class ClassSeed:
-    """The gradient to back-propagate from the scores: one-hot rows of the classes ``target`` names.
+class Objective:
+    """The explained score of each image: its class's output, or ``sum(w * output)``.
 
-    Calling it with a pass's logits (N, K) gives the rows. ``target`` is kept as the user gave it
-    (None: each image's arg-max) so that a backend can build the rows next to the model instead
-    (the ONNX backend does, to keep one forward and one backward pass).
+    ``record`` is what ``Explanation.target`` reports: the classes (N,) or the weights (N, *output).
+    """
+
+    def __init__(self, classes: Optional[np.ndarray] = None, weights: Optional[OutputWeights] = None):
+        self.classes = classes
+        self.weights = weights
+
+    @property
+    def record(self) -> np.ndarray:
+        return self.classes if self.weights is None else self.weights.weights
+
+    def target_for(self, owners: np.ndarray) -> Target:
+        """The target of images ``owners`` as a Target (explicit classes, or their weights' rows)."""
+        return self.classes[owners] if self.weights is None else self.weights[owners]
+
+    def score(self, outputs: np.ndarray, owners: np.ndarray) -> np.ndarray:
+        """The explained score (B,) of outputs (B, ...) of images ``owners`` (or perturbations of them)."""
+        if self.weights is None:
+            return pick(class_scores(outputs), self.classes[owners]).astype(np.float64)
+        w = self.weights.weights[owners]
+        return np.einsum("bi,bi->b", w.reshape(len(w), -1).astype(np.float64),
+                         np.asarray(outputs, dtype=np.float64).reshape(len(w), -1))
+
+    def rows(self, owners: np.ndarray, output_shape: Tuple[int, ...]) -> np.ndarray:
+        """The gradient of the explained score with respect to outputs of shape (B, *output)."""
+        if self.weights is None:
+            return one_hot(self.classes[owners], int(np.prod(output_shape[1:]))).reshape(output_shape)
+        return self.weights.weights[owners].reshape(output_shape)
+
+
+def objective(target: Target, outputs: np.ndarray) -> Objective:
+    """The :class:`Objective` of ``target`` for these (unperturbed) outputs, checked."""
+    if is_weights(target):
+        return Objective(weights=output_weights(target, len(outputs), np.asarray(outputs).shape[1:]))
+    return Objective(classes=resolve_targets(target, outputs))
+
+
+class ClassSeed:
+    """The gradient to back-propagate from the outputs for ``target`` (classes or output weights).
+
+    Calling it with a pass's outputs gives the rows; :meth:`rows` gives them from the outputs'
+    shape alone. ``target`` is kept as the user gave it (None: each image's arg-max) so that a
+    backend can build the rows next to the model instead (the ONNX backend does, to keep one
+    forward and one backward pass).
     """
 
     def __init__(self, target: Target):
         self.target = target
 
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
-        return one_hot(resolve_targets(self.target, logits), np.asarray(logits).shape[1])
+    def __call__(self, outputs: np.ndarray) -> np.ndarray:
+        outputs = np.asarray(outputs)
+        return objective(self.target, outputs).rows(np.arange(len(outputs)), outputs.shape)
+
+    def rows(self, output_shape: Tuple[int, ...]) -> np.ndarray:
+        """The rows for outputs of this shape (the target must not be None: then the rows depend on the
+        outputs' values)."""
+        if self.target is None:
+            raise ValueError("the arg-max target's rows depend on the outputs: call the seed with them")
+        return self(np.zeros(output_shape, dtype=np.float32))

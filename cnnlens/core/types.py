@@ -38,8 +38,9 @@ class Explanation:
     """The result of ``cnnlens.explain``.
 
     ``maps`` float32, batch first (shape per method in METHODS.md); ``target`` (N,) the class
-    explained per image; ``logits`` (N, K) the model's outputs for the unperturbed images;
-    ``layer`` the layer name(s) used, or None.
+    explained per image (or, for output weights, the weights per image (N, *output)); ``logits`` (N, K) the model's outputs for the unperturbed images;
+    ``layer`` the layer name(s) used, or None; ``extras`` a method's per-image by-products
+    (Integrated Gradients' ``completeness_error``).
     """
 
     method: str
@@ -48,8 +49,13 @@ class Explanation:
     logits: np.ndarray
     layer: Union[None, str, List[str]] = None
     options: Dict[str, Any] = field(default_factory=dict)
+    extras: Dict[str, np.ndarray] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         layer = f", layer={self.layer!r}" if self.layer is not None else ""
         return (f"Explanation(method={self.method!r}, maps={self.maps.shape} {self.maps.dtype}, "
-                f"target={self.target.tolist()}{layer})")
+                f"target={self._target_text()}{layer})")
+
+    def _target_text(self) -> str:
+        target = np.asarray(self.target)
+        return str(target.tolist()) if target.ndim == 1 else f"<weights {target.shape}>"

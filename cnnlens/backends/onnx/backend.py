@@ -27,7 +27,8 @@ from .passes import Passes
 from .randomise import randomised_model
 from .shapes import TensorTypes, fill_from_runs, infer
 
-_BASE_CAPABILITIES = frozenset({base.FORWARD, base.ACTIVATIONS, base.WEIGHTS, base.LINEAR_HEAD, base.RANDOMISE})
+_BASE_CAPABILITIES = frozenset({base.FORWARD, base.ACTIVATIONS, base.WEIGHTS, base.LINEAR_HEAD, base.RANDOMISE,
+                                base.REPLACE_LAYER})
 
 
 def _choose_output(names: List[str], choice: Union[None, int, str]) -> str:

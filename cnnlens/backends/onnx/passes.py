@@ -11,29 +11,25 @@ from ...core.errors import InvalidInputError, LayerError, ModelError, Unsupporte
 from ...core.targets import ClassSeed
 from ...core.types import Pass
 from .. import base
+from . import runtime
 from .autodiff import RELU_RULES, GradientRequest
+from .cut import CUT_INPUT, cut_at
 from .graph import node_name
 from .head import find_head
 
 
 def scores(output: np.ndarray) -> np.ndarray:
-    """The model's output as (N, classes) scores, or a ModelError saying how to get them."""
-    output = np.asarray(output, dtype=np.float32)
-    if output.ndim > 2 and all(d == 1 for d in output.shape[2:]):  # (N, K, 1, 1) from a 1x1-conv head
-        output = output.reshape(output.shape[:2])
-    if output.ndim != 2:
-        raise ModelError(
-            f"the model's output has shape {output.shape}, not (N, classes): cnnlens explains classifiers. Wrap "
-            f"the model so that it returns one row of class scores per image and export it again, or choose "
-            f"another output with cnnlens.load(path, output=NAME)"
-        )
-    return output
+    """The model's output as float32 (batch first, any shape: the core reads it as class scores or
+    weighs it with output weights)."""
+    return np.asarray(output, dtype=np.float32)
 
 
 class Passes:
     """Forward, backward and CAM-head passes of :class:`OnnxBackend` (which provides the sessions)."""
 
     _head: Optional[Tuple[str, np.ndarray]] = None
+    #: per cut tensor: whether one image may meet many replacements there (see ``replaced``)
+    _shared_prefix: Optional[dict] = None
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         self.check_input(x)
@@ -83,22 +79,73 @@ class Passes:
         return result
 
     def _seed(self, grad_logits: base.GradLogits, x: np.ndarray, model_x: np.ndarray) -> np.ndarray:
-        """The gradient of the explained score with respect to the scores, (N, K)."""
-        if callable(grad_logits):
-            if isinstance(grad_logits, ClassSeed):  # the classes are given: only K is needed
-                classes = self._num_classes(model_x)
-                seed = grad_logits(np.zeros((len(x), classes), dtype=np.float32))
-            else:
-                seed = grad_logits(self.forward(x).logits)
+        """The gradient of the explained score with respect to the outputs."""
+        if isinstance(grad_logits, ClassSeed):  # the target is given: only the outputs' shape is needed
+            seed = grad_logits.rows((len(x),) + self._output_shape(model_x))
+        elif callable(grad_logits):
+            seed = grad_logits(self.forward(x).logits)
         else:
             seed = grad_logits
         return np.ascontiguousarray(seed, dtype=np.float32)
 
-    def _num_classes(self, model_x: np.ndarray) -> int:
+    def _output_shape(self, model_x: np.ndarray) -> Tuple[int, ...]:
+        """The output's shape without the batch axis, from shape inference or a run of one image."""
         shape = self._types_at(tuple(model_x.shape[1:])).shapes.get(self.output_name)
-        if shape is not None and len(shape) >= 2 and isinstance(shape[1], int):
-            return int(shape[1])
-        return int(self.forward(self._from_model(model_x[:1])).logits.shape[1])
+        if shape is not None and len(shape) >= 1 and all(isinstance(d, int) for d in shape[1:]):
+            return tuple(int(d) for d in shape[1:])
+        return tuple(self.forward(self._from_model(model_x[:1])).logits.shape[1:])
+
+    def replaced(self, x: np.ndarray, layer: str, values: np.ndarray) -> np.ndarray:
+        """The outputs with layer ``layer``'s tensor replaced by ``values`` (B, K, h, w, NCHW): one run
+        of the model cut at that tensor. ``x`` holds one image (shared by every replacement) or B; a
+        model whose branches after the cut cannot broadcast one image runs B copies (checked once)."""
+        tensor = self._tensor(self.resolve_layer(layer))
+        model_x = self._prepare(x)
+        image = tuple(model_x.shape[1:])
+        types = self._types_at(image)
+
+        def make():
+            return self._new_session(cut_at(self._base_model(), self._base_graph(), self.output_name, tensor,
+                                            types.dtypes.get(tensor, np.dtype(np.float32))).model,
+                                     quiet=True)  # a failed broadcast trial (see below) is expected
+        session = self._sessions.get(("cut", tensor), make)
+        needs_image = any(i.name == self.input_name for i in session.get_inputs())
+        fed = np.asarray(values, dtype=np.float32)
+        if tensor in self._nhwc and fed.ndim == 4:
+            fed = fed.transpose(0, 2, 3, 1)
+        fed = np.ascontiguousarray(fed, dtype=types.dtypes.get(tensor, np.dtype(np.float32)))
+
+        def run(rows: np.ndarray, images: np.ndarray) -> np.ndarray:
+            feeds = {CUT_INPUT: rows}
+            if needs_image:
+                feeds[self.input_name] = images
+            if self._per_image and len(rows) > 1:
+                return np.concatenate([run(rows[i:i + 1], images[min(i, len(images) - 1):][:1]) for i in range(len(rows))])
+            return scores(self._run_cut(session, feeds))
+
+        if not needs_image or len(model_x) == len(fed):
+            return run(fed, model_x)
+        if len(model_x) != 1:
+            raise InvalidInputError(f"replaced: give one image or one per replacement, got {len(model_x)} for {len(fed)}")
+        if self._shared_prefix is None:
+            self._shared_prefix = {}
+        shared = self._shared_prefix.get(tensor)
+        if shared is None and len(fed) > 1:
+            try:
+                one = run(fed[:2], model_x)
+                shared = one.shape[0] == 2 and np.allclose(one, run(fed[:2], np.repeat(model_x, 2, axis=0)),
+                                                           rtol=1e-5, atol=1e-6)
+            except ModelError:
+                shared = False
+            self._shared_prefix[tensor] = bool(shared)
+        return run(fed, model_x if shared else np.repeat(model_x, len(fed), axis=0))
+
+    def _run_cut(self, session, feeds) -> np.ndarray:
+        try:
+            return runtime.run(session, feeds, [self.output_name], "cuda" if self.device == "cuda" else "cpu",
+                               self._binding())[0]
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ModelError(f"onnxruntime failed on the model cut at a layer: {str(error).strip().splitlines()[0]}") from None
 
     def _find_head(self, image: Tuple[int, ...]) -> Tuple[str, np.ndarray]:
         if self._head is None:  # found once: the head does not change with the batch

@@ -148,12 +148,14 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: GradientRe
 
 
 def _argmax_rows(emitter: Emitter, output: str, dtypes: Dict[str, np.dtype]) -> str:
-    """One-hot rows (N, K) of each image's first highest score."""
+    """One-hot rows of each image's first highest score, in the output's shape ((N, K), or (N, K, 1, 1)
+    for a 1x1-convolution head)."""
     flat = emitter.op("Reshape", [output, emitter.ints([0, -1])])
     classes = emitter.op("Gather", [emitter.shape(flat), emitter.const(np.asarray(1, dtype=np.int64), "axis1")])
     best = emitter.op("ArgMax", [flat], axis=1, keepdims=0)
     on_off = emitter.const(np.array([0, 1], dtype=dtypes.get(output, np.dtype(np.float32))), "on_off")
-    return emitter.op("OneHot", [best, classes, on_off], axis=-1)
+    rows = emitter.op("OneHot", [best, classes, on_off], axis=-1)
+    return emitter.op("Reshape", [rows, emitter.shape(output)])
 
 
 def _backward(emitter: Emitter, graph: Graph, output: str, seed: str, relu: str, sources: Sequence[str],

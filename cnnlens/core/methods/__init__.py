@@ -1,0 +1,14 @@
+"""The methods, one module per family; each is described once in the registry (``METHODS``) and
+run through ``run``. METHODS.md defines what each computes."""
+
+# registration order is the order methods are listed in (inputs, CAM family, perturbation, activations)
+from . import input_gradients, cam_family, perturbation, activations  # noqa: F401,I001
+from .common import Backend, LayerSpec, check_images
+from .dispatch import run
+from .registry import (ACTIVATIONS, CAM, HEAD_LAYER, INPUT, LAYERS, METHODS, NO_LAYER, ONE_LAYER, Method, Option, all_options,
+                       lookup, supported_methods)
+from .input_gradients import SMOOTHGRAD_VARIANTS
+
+__all__ = ["METHODS", "Method", "Option", "run", "check_images", "supported_methods", "lookup", "all_options",
+           "LayerSpec", "Backend", "INPUT", "CAM", "ACTIVATIONS", "NO_LAYER", "ONE_LAYER", "LAYERS", "HEAD_LAYER",
+           "SMOOTHGRAD_VARIANTS"]

@@ -1,0 +1,113 @@
+"""What the methods share: batching, the target of a slice of images, layer names, checks."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import InvalidInputError, LayerError
+from ..targets import ClassSeed, Objective, OutputWeights, Target, is_single, objective
+
+#: Any object implementing ``cnnlens.backends.base.Backend`` (the core never imports backends).
+Backend = Any
+
+LayerSpec = Union[None, str, Sequence[str]]
+
+
+def batches(total: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` items covering ``total``."""
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+def batch_size(backend: Backend, value: Optional[int], kind: str, x: np.ndarray) -> int:
+    """``value``, or the backend's choice for ``kind`` ("forward" or "backward") passes."""
+    if value is None:
+        return max(1, int(backend.batch_size(kind, x.shape[1:])))
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InvalidInputError(f"batch_size must be a positive int, got {value!r}")
+    return int(value)
+
+
+def target_slice(target: Target, sl: slice) -> Target:
+    """The part of ``target`` that belongs to images ``sl``."""
+    if is_single(target):
+        return target
+    if isinstance(target, OutputWeights):
+        return target[sl]
+    return list(target)[sl] if not isinstance(target, np.ndarray) else target.reshape(-1)[sl]
+
+
+def seed(target: Target, sl: slice) -> ClassSeed:
+    """The gradient rows to back-propagate for images ``sl``."""
+    return ClassSeed(target_slice(target, sl))
+
+
+def layer_names(backend: Backend, layer: LayerSpec, x: np.ndarray) -> Tuple[List[str], bool]:
+    """(canonical names, whether a list was given)."""
+    if layer is None:
+        return [backend.default_layer(tuple(x.shape))], False
+    if isinstance(layer, str):
+        return [backend.resolve_layer(layer)], False
+    names = list(layer)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise LayerError(f"layer must be a layer name or a non-empty list of names, got {layer!r}")
+    return [backend.resolve_layer(n) for n in names], True
+
+
+def one_layer(backend: Backend, layer: LayerSpec, x: np.ndarray, method: str) -> str:
+    names, as_list = layer_names(backend, layer, x)
+    if as_list and len(names) != 1:
+        raise LayerError(f"{method} takes one layer at a time")
+    return names[0]
+
+
+def layer_value(names: List[str], as_list: bool) -> Union[str, List[str]]:
+    return list(names) if as_list else names[0]
+
+
+def spatial(name: str, activation: np.ndarray, method: str) -> np.ndarray:
+    """``activation`` if it is a (N, K, h, w) map, else a LayerError saying what to pick."""
+    if activation.ndim != 4:
+        raise LayerError(
+            f"layer {name!r} outputs shape {tuple(activation.shape)}, not a (N, K, h, w) map, so {method} "
+            f"cannot use it: pick a convolutional layer (`cnnlens.layers(model)` shows output shapes)"
+        )
+    return activation
+
+
+def clean_outputs(backend: Backend, x: np.ndarray, batch: int) -> np.ndarray:
+    """The model's outputs for the unperturbed images."""
+    return np.concatenate([backend.forward(x[sl]).logits for sl in batches(len(x), batch)])
+
+
+def clean_pass(backend: Backend, x: np.ndarray, target: Target, batch: int) -> Tuple[np.ndarray, Objective]:
+    """(outputs, the objective) of the unperturbed images: what forward-only methods start from."""
+    outputs = clean_outputs(backend, x, batch)
+    return outputs, objective(target, outputs)
+
+
+def check_images(x: Any) -> np.ndarray:
+    """Validated float32 (N, C, H, W) images."""
+    try:
+        x = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"images must be a float array of shape (N, C, H, W): {error}") from None
+    if x.ndim == 3:
+        channels_last = x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4)
+        hint = (" It looks like one image (H, W, C): use x.transpose(2, 0, 1)[None]." if channels_last else
+                " It looks like one image (C, H, W): add a batch axis with x[None].")
+        raise InvalidInputError(f"images must have 4 axes (N, C, H, W), got shape {x.shape}.{hint}")
+    if x.ndim != 4:
+        raise InvalidInputError(f"images must have 4 axes (N, C, H, W), got shape {x.shape}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] > 4:
+        raise InvalidInputError(
+            f"images of shape {x.shape} look channels-last (N, H, W, C): cnnlens wants (N, C, H, W); "
+            f"use x.transpose(0, 3, 1, 2)"
+        )
+    if 0 in x.shape:
+        raise InvalidInputError(f"images must not be empty, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise InvalidInputError("images contain NaN or infinite values: clean or re-normalise them first")
+    return np.ascontiguousarray(x)

@@ -1,0 +1,61 @@
+"""``run``: check a request against the method's description, then run it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError, LayerError, TargetError, UnsupportedError
+from ..targets import Target, is_single, is_weights, output_weights
+from ..types import Explanation
+from .common import Backend, LayerSpec, check_images
+from .registry import lookup, supported_methods
+
+
+def _check_target(backend: Backend, target: Target, images: np.ndarray) -> Target:
+    """Class targets checked for length; output weights checked against the model's output shape
+    (one image's pass) and expanded to one row per image."""
+    if is_weights(target):
+        shape = backend.forward(images[:1]).logits.shape[1:]
+        return output_weights(target, len(images), shape)
+    if is_single(target):
+        return target
+    try:
+        length = len(target)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidInputError(f"target must be None, an int, one int per image, or an array of output "
+                                f"weights; got {target!r}") from None
+    if length != len(images):
+        raise TargetError(f"got {length} targets for a batch of {len(images)} images: give one int for all "
+                          f"images or exactly one per image")
+    return target
+
+
+def run(backend: Backend, x: Any, method: str, target: Target = None, layer: LayerSpec = None,
+        **options: Any) -> Explanation:
+    """Validate the request (method, capabilities, options, layer, images, target), then run ``method``."""
+    spec = lookup(method)
+    missing = spec.needs - backend.capabilities
+    if missing:
+        limits = getattr(backend, "limits", None) or {}
+        reasons = list(dict.fromkeys(limits[m] for m in sorted(missing) if m in limits))
+        why = f" for this model ({'; '.join(reasons)})" if reasons else ""
+        raise UnsupportedError(
+            f"{method} needs {', '.join(sorted(missing))}, which the {backend.name} backend does not "
+            f"provide{why}. On this backend use one of: {', '.join(supported_methods(backend.capabilities))}"
+        )
+    allowed = {o.name: o for o in spec.options}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise InvalidInputError(f"{method} has no option {', '.join(map(repr, unknown))}; its options: "
+                                f"{', '.join(allowed)}")
+    checked = {name: allowed[name].validate(value) for name, value in options.items()}
+    if layer is not None and not spec.layered:
+        raise LayerError(f"{method} explains the input and takes no layer; layers are for the CAM family and "
+                         f"feature_maps")
+    images = check_images(x)
+    target = _check_target(backend, target, images)
+    result = spec.function(backend, images, target, layer, **checked)
+    result.options = {**spec.defaults, **checked, **result.options}
+    return result

@@ -1,0 +1,167 @@
+"""Methods that only run the model forward on changed inputs (or a changed layer): Score-CAM and
+Ablation-CAM ((N, H, W), a layer's channels weighted by what they do to the score), occlusion and
+RISE ((N, H, W), what hiding parts of the image does to the score)."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from .. import cam as cam_ops
+from .. import progress
+from ..errors import InvalidInputError
+from ..occlusion import OcclusionGrid, as_baseline, as_pair
+from ..resize import resize_bilinear
+from ..rise import RiseMasks
+from ..targets import Target, objective
+from ..types import Explanation
+from .common import Backend, LayerSpec, batch_size, batches, clean_pass, one_layer, spatial
+from .registry import BASELINE, CAM, ONE_LAYER, SEED, Option, fraction, positive_int, register
+
+
+def _forward_batch(backend: Backend, value: Optional[int], x: np.ndarray) -> int:
+    return batch_size(backend, value, "forward", x)
+
+
+def _layer_activations(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, batch: int, method: str):
+    """(layer name, its activations (N, K, h, w), outputs, objective) from one forward pass per batch."""
+    name = one_layer(backend, layer, x, method)
+    parts, outputs = [], []
+    for sl in batches(len(x), batch):
+        p = backend.forward(x[sl], layers=[name])
+        parts.append(spatial(name, p.activations[name], method))
+        outputs.append(p.logits)
+    outputs = np.concatenate(outputs)
+    return name, np.concatenate(parts), outputs, objective(target, outputs)
+
+
+@register("scorecam", needs=["activations"], kind=CAM, layer=ONE_LAYER)
+def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
+             batch_size: Optional[int] = None) -> Explanation:
+    """Score-CAM (Wang et al. 2020): ``ReLU(sum_k beta_k A_k)``, ``beta = softmax_k y_c(x * M_k)``.
+
+    ``M_k`` is channel k upsampled to the input and min-max normalised. The N * K masked images go
+    through the model ``batch_size`` at a time, across images; channels that are constant (dead
+    ReLU channels) all share the zero image, scored once.
+    """
+    batch = _forward_batch(backend, batch_size, x)
+    name, activations, outputs, goal = _layer_activations(backend, x, target, layer, batch, "scorecam")
+    k = activations.shape[1]
+    scores = np.empty((len(x), k), dtype=np.float64)
+    # A constant channel's mask is all zeros, so its masked image is the zero image whatever the
+    # image: one forward pass scores every such channel of every image.
+    constant = activations.max(axis=(2, 3)) == activations.min(axis=(2, 3))
+    if constant.any():
+        zero = backend.forward(np.zeros((1,) + x.shape[1:], dtype=x.dtype)).logits
+        owners = np.nonzero(constant)[0]
+        scores[constant] = goal.score(np.broadcast_to(zero, (len(owners),) + zero.shape[1:]), owners)
+    owners, channels = np.nonzero(~constant)
+    with progress.task("scorecam", len(owners)) as advance:
+        for sl in batches(len(owners), batch):
+            n, c = owners[sl], channels[sl]
+            masks = cam_ops.normalize_masks(resize_bilinear(activations[n, c], x.shape[2:]))  # (B, H, W)
+            scores[n, c] = goal.score(backend.forward(x[n] * masks[:, None]).logits, n)
+            advance(sl.stop - sl.start)
+    beta = cam_ops.softmax(scores, axis=1)
+    maps = resize_bilinear(cam_ops.weighted_sum(activations, beta), x.shape[2:])
+    return Explanation("scorecam", maps, goal.record, outputs, layer=name)
+
+
+@register("ablationcam", needs=["activations", "replace_layer"], kind=CAM, layer=ONE_LAYER)
+def ablationcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
+                batch_size: Optional[int] = None) -> Explanation:
+    """Ablation-CAM (Desai & Ramaswamy 2020): ``ReLU(sum_k w_k A_k)``, ``w_k`` the score's relative drop with channel k zeroed.
+
+    The network runs on from the layer with one channel zeroed per copy, ``batch_size`` copies at a
+    time, the part before the layer once per image and batch (so a small ``batch_size`` costs more
+    than a forward-only method's). Channels that are already all zero change nothing and are not run.
+    """
+    batch = _forward_batch(backend, batch_size, x)
+    name, activations, outputs, goal = _layer_activations(backend, x, target, layer, batch, "ablationcam")
+    clean = goal.score(outputs, np.arange(len(x)))
+    ablated = np.repeat(clean[:, None], activations.shape[1], axis=1)
+    owners, channels = np.nonzero(np.abs(activations).max(axis=(2, 3)) > 0)
+    with progress.task("ablationcam", len(owners)) as advance:
+        for sl in batches(len(owners), batch):
+            for n in np.unique(owners[sl]):  # each image's copies meet its one pass at the layer
+                mine = channels[sl][owners[sl] == n]
+                values = np.repeat(activations[n:n + 1], len(mine), axis=0)
+                values[np.arange(len(mine)), mine] = 0
+                scores = backend.replaced(x[n:n + 1], name, values)
+                ablated[n, mine] = goal.score(scores, np.full(len(mine), n))
+            advance(sl.stop - sl.start)
+    weights = cam_ops.ablation_weights(clean, ablated)
+    maps = resize_bilinear(cam_ops.weighted_sum(activations, weights), x.shape[2:])
+    return Explanation("ablationcam", maps, goal.record, outputs, layer=name)
+
+
+@register("occlusion", needs=["forward"], kind=CAM, options=[
+    Option("window", None, "window side in pixels (1/14 of the shorter side)", None, int),
+    Option("stride", None, "step in pixels (half the window)", None, int),
+    BASELINE,
+])
+def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
+              window: Union[int, Tuple[int, int], None] = None, stride: Union[int, Tuple[int, int], None] = None,
+              baseline: Union[float, np.ndarray] = 0.0, batch_size: Optional[int] = None) -> Explanation:
+    """Occlusion (Zeiler & Fergus 2014): the mean drop of ``y_c`` over the windows covering each pixel.
+
+    ``window`` defaults to 1/14 of the shorter side (16 px at 224), ``stride`` to half the window.
+    Windows cover all channels; ``baseline`` is a number, one value per channel, or a (C, H, W) array.
+    """
+    side = min(x.shape[2:])
+    window = as_pair(max(1, int(round(side / 14))) if window is None else window, "window")
+    stride = as_pair(max(1, min(window) // 2), "stride") if stride is None else stride
+    grid = OcclusionGrid(x.shape[2:], window, stride)
+    fill = as_baseline(baseline, x.shape[1:])
+    batch = _forward_batch(backend, batch_size, x)
+    outputs, goal = clean_pass(backend, x, target, batch)
+    clean = goal.score(outputs, np.arange(len(x)))
+    positions = len(grid)
+    owners = np.repeat(np.arange(len(x)), positions)
+    where = np.tile(np.arange(positions), len(x))
+    drops = np.empty(len(owners), dtype=np.float64)
+    with progress.task("occlusion", len(owners)) as advance:
+        for sl in batches(len(owners), batch):
+            scores = backend.forward(grid.occlude(x, owners[sl], where[sl], fill)).logits
+            drops[sl] = clean[owners[sl]] - goal.score(scores, owners[sl])
+            advance(sl.stop - sl.start)
+    maps = grid.accumulate(drops.reshape(len(x), positions))
+    return Explanation("occlusion", maps, goal.record, outputs, options=dict(window=grid.window, stride=grid.stride))
+
+
+@register("rise", needs=["forward"], kind=CAM, options=[
+    Option("masks", 4000, "random masks per image (4000)", positive_int("masks"), int),
+    Option("cell", 7, "the masks' grid is cell x cell (7)", positive_int("cell"), int),
+    Option("p", 0.5, "probability that a grid cell is kept (0.5)", fraction("p", 0.0, 1.0, open_low=True), float),
+    SEED,
+])
+def rise(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
+         masks: int = 4000, cell: int = 7, p: float = 0.5, seed: Optional[int] = 0,
+         batch_size: Optional[int] = None) -> Explanation:
+    """RISE (Petsiuk et al. 2018): ``sum_m y_c(x * M_m) M_m / (masks * p)`` over random smooth masks.
+
+    The masks depend on ``seed`` only (the same for every image), so a map depends neither on the
+    batch size nor on the other images. Forward passes only.
+    """
+    if cell > min(x.shape[2:]):
+        raise InvalidInputError(f"cell {cell} is larger than the image side {min(x.shape[2:])}: choose a smaller cell")
+    batch = _forward_batch(backend, batch_size, x)
+    outputs, goal = clean_pass(backend, x, target, batch)
+    generator = RiseMasks(x.shape[2:], masks, cell, p, seed)
+    sums = np.zeros((len(x),) + x.shape[2:], dtype=np.float64)
+    # mask-major: a batch holds few masks, each upsampled once for all the images it meets
+    owners = np.tile(np.arange(len(x)), masks)
+    which = np.repeat(np.arange(masks), len(x))
+    with progress.task("rise", len(owners)) as advance:
+        for sl in batches(len(owners), batch):
+            n, m = owners[sl], which[sl]
+            unique, inverse = np.unique(m, return_inverse=True)
+            shown = generator.batch(unique)[inverse]
+            scores = goal.score(backend.forward(x[n] * shown[:, None]).logits, n)
+            for image in np.unique(n):
+                rows = n == image
+                sums[image] += np.tensordot(scores[rows], shown[rows], axes=1)
+            advance(sl.stop - sl.start)
+    maps = (sums / (masks * p)).astype(np.float32)
+    return Explanation("rise", maps, goal.record, outputs)
