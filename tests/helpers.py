@@ -41,3 +41,35 @@ def assert_close(a, b, tol: float = 1e-4) -> None:
     """Relative error (see rel_err) at most ``tol``."""
     err = rel_err(a, b)
     assert err <= tol, f"relative error {err:.3g} > {tol:g}"
+
+
+def check_per_image(name, got: np.ndarray, ref: np.ndarray, tol: float, measured: dict) -> float:
+    """Float32 maps of ``ref``'s shape, each image's within ``tol`` relative error on its own scale (and
+    its reference not all zero); the whole batch's error is recorded in ``measured[name]`` and returned."""
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert got.dtype == np.float32
+    for i in range(len(ref)):
+        assert np.abs(ref[i]).max() > 0, f"{name}: image {i}'s reference is all zero"
+        err_i = rel_err(got[i], ref[i])
+        assert err_i <= tol, f"{name}: image {i} relative error {err_i:.3g} > {tol:g}"
+    err = rel_err(got, ref)
+    measured[name] = err
+    return err
+
+
+def module_workdir(tmp_path, monkeypatch, module: str, source: str, images=("one", "two"), size=(40, 50)):
+    """A fixture body (``yield from``): ``tmp_path`` made the working folder, holding ``module``.py
+    (importable, dropped from ``sys.modules`` before and after) and random RGB images ``NAME.png``."""
+    import sys
+
+    from PIL import Image
+
+    (tmp_path / f"{module}.py").write_text(source)
+    rng = np.random.default_rng(0)
+    for name in images:
+        Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(module, None)
+    yield tmp_path
+    sys.modules.pop(module, None)

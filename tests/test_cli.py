@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import module_workdir
+
 import cnnlens
 from cnnlens.adapters import images
 from cnnlens.cli import main
@@ -39,15 +41,7 @@ MODEL_SOURCE = textwrap.dedent('''
 
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
-    (tmp_path / "smallnet.py").write_text(MODEL_SOURCE)
-    rng = np.random.default_rng(0)
-    for name in ("one", "two"):
-        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("smallnet", None)
-    yield tmp_path
-    sys.modules.pop("smallnet", None)
+    yield from module_workdir(tmp_path, monkeypatch, "smallnet", MODEL_SOURCE, images=("one", "two",))
 
 
 def _model():

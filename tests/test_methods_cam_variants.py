@@ -40,7 +40,7 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa:
 
 import cnnlens  # noqa: E402
 from cnnlens.adapters.export import to_onnx  # noqa: E402
-from helpers import images, randomise_batchnorm, rel_err  # noqa: E402
+from helpers import check_per_image, images, randomise_batchnorm, rel_err  # noqa: E402
 
 RTOL = 1e-4
 H, W = 64, 96
@@ -144,15 +144,7 @@ def eigen_reference(activations: np.ndarray) -> np.ndarray:
 
 
 def check(name, got: np.ndarray, ref: np.ndarray, tol: float = RTOL) -> float:
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    assert got.dtype == np.float32
-    for i in range(len(ref)):  # every image's map is non-trivial and agrees on its own scale
-        assert np.abs(ref[i]).max() > 0, f"{name}: image {i}'s reference map is all zero"
-        err_i = rel_err(got[i], ref[i])
-        assert err_i <= tol, f"{name}: image {i} relative error {err_i:.3g} > {tol:g}"
-    err = rel_err(got, ref)
-    MEASURED[name] = err
-    return err
+    return check_per_image(name, got, ref, tol, MEASURED)
 
 
 def explain_vs_peer(model, method, layer, x, target, recorded):

@@ -30,7 +30,7 @@ from torch import nn  # noqa: E402
 
 import cnnlens  # noqa: E402
 from cnnlens.adapters.export import to_onnx  # noqa: E402
-from helpers import images, randomise_batchnorm, rel_err  # noqa: E402
+from helpers import check_per_image, images, randomise_batchnorm, rel_err  # noqa: E402
 
 RTOL = 1e-4
 RULES = ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]
@@ -120,15 +120,7 @@ def scores(model, x: np.ndarray) -> np.ndarray:
 
 
 def check(name, got: np.ndarray, ref: np.ndarray, tol: float = RTOL) -> float:
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    assert got.dtype == np.float32
-    for i in range(len(ref)):
-        assert np.abs(ref[i]).max() > 0, f"{name}: image {i}'s reference is all zero"
-        err_i = rel_err(got[i], ref[i])
-        assert err_i <= tol, f"{name}: image {i} relative error {err_i:.3g} > {tol:g}"
-    err = rel_err(got, ref)
-    MEASURED[name] = err
-    return err
+    return check_per_image(name, got, ref, tol, MEASURED)
 
 
 def captum_ig(model, x, baseline, classes, steps, rule):

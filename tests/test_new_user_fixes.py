@@ -24,6 +24,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+
+from helpers import module_workdir
 from torch import nn
 
 import cnnlens
@@ -63,15 +65,7 @@ MODEL_SOURCE = textwrap.dedent('''
 
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
-    (tmp_path / "usernet.py").write_text(MODEL_SOURCE)
-    rng = np.random.default_rng(0)
-    for name in ("one", "two"):
-        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("usernet", None)
-    yield tmp_path
-    sys.modules.pop("usernet", None)
+    yield from module_workdir(tmp_path, monkeypatch, "usernet", MODEL_SOURCE, images=("one", "two",))
 
 
 def _inputs(paths, size=(32, 32)):

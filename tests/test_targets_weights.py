@@ -30,7 +30,7 @@ import cnnlens
 from cnnlens.adapters import images as image_io
 from cnnlens.adapters.export import to_onnx
 from cnnlens.cli import main
-from helpers import rel_err
+from helpers import module_workdir, rel_err
 
 SIZE = 32
 SENSORS = 5
@@ -346,16 +346,8 @@ MODEL_SOURCE = textwrap.dedent('''
 
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
-    (tmp_path / "sensornet.py").write_text(MODEL_SOURCE)
-    rng = np.random.default_rng(0)
-    for name in ("img", "two"):
-        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
     np.save(tmp_path / "w.npy", sensor_weights())
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("sensornet", None)
-    yield tmp_path
-    sys.modules.pop("sensornet", None)
+    yield from module_workdir(tmp_path, monkeypatch, "sensornet", MODEL_SOURCE, images=("img", "two",))
 
 
 def test_cli_target_weights_writes_pngs(workdir, capsys):

@@ -208,7 +208,7 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
                 reference = torch_results[method].maps
                 row["difference"] = float(np.abs(exp.maps - reference).max() / max(np.abs(reference).max(), 1e-30))
             table.append(row)
-            _say(f"  {label:5} {method:16} {_scores_text(row)} {seconds:6.2f} s")
+            _say(f"  {label:5} {method:20} {_scores_text(row)} {seconds:6.2f} s")
         if label == "torch":  # what a map that knows nothing scores: the floor to judge the others by
             noise = np.random.default_rng(config.seed).random((len(pointing),) + x_all.shape[2:])
             reference = {"method": "random map", "backend": label, "seconds": 0.0, "images": len(pointing),
@@ -307,7 +307,7 @@ def _figures(out, model, backend, data, x_all, shown_pos, shown, shown_exps) -> 
                     os.path.join(out, "feature_maps.png"))
     render.save_png(render.filter_grid(cnnlens.filters(backend), title="first-layer filters"),
                     os.path.join(out, "filters.png"))
-    maps = {m: exp.maps for m, exp in shown_exps.items() if m != "feature_maps"}
+    maps = {m: exp.maps for m, exp in shown_exps.items() if METHODS[m].kind != ACTIVATIONS}
     titles = ["square" if data.labels[i] else "no square" for i in shown]
     render.save_png(render.methods_grid(data.images[shown], maps, titles, title="every method, held-out images"),
                     os.path.join(out, "methods.png"))
@@ -318,13 +318,13 @@ def _print_table(table: List[Dict[str, Any]], accuracy: float, out: str, total: 
     _say(f"validation accuracy {accuracy:.3f}; measured on {table[0]['images']} held-out positives "
          f"(randomisation: Spearman of |maps| with all weights re-drawn, top layer first; vs torch: the ONNX "
          f"export's largest difference to the module's map, relative to the map's largest value)")
-    _say(f"{'method':16} {'backend':8} {'pointing':>8} {'deletion':>8} {'insertion':>9} {'random':>7} {'seconds':>8} "
+    _say(f"{'method':20} {'backend':8} {'pointing':>8} {'deletion':>8} {'insertion':>9} {'random':>7} {'seconds':>8} "
          f"{'vs torch':>9}")
     for row in table:
         cells = [f"{row[k]:.2f}" if row.get(k) is not None else "-" for k in ("pointing_game", "deletion_auc", "insertion_auc")]
         last = f"{row['randomisation'][-1]['spearman']:.2f}" if row.get("randomisation") else "-"
         difference = f"{row['difference']:.1e}" if "difference" in row else "-"
-        _say(f"{row['method']:16} {row['backend']:8} {cells[0]:>8} {cells[1]:>8} {cells[2]:>9} {last:>7} {row['seconds']:8.2f} "
+        _say(f"{row['method']:20} {row['backend']:8} {cells[0]:>8} {cells[1]:>8} {cells[2]:>9} {last:>7} {row['seconds']:8.2f} "
              f"{difference:>9}")
     _say(f"\nwrote {out}/report.html, figures, summary.json, model.onnx, model.pt ({total:.0f} s)")
     sys.stdout.flush()
