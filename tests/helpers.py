@@ -73,3 +73,15 @@ def module_workdir(tmp_path, monkeypatch, module: str, source: str, images=("one
     sys.modules.pop(module, None)
     yield tmp_path
     sys.modules.pop(module, None)
+
+
+def one_torch_thread():
+    """A fixture body (``yield from``): torch on one thread while it runs. On a shared 2-core machine
+    two spinning OpenMP threads were measured 100-200x slower per small backward pass whenever
+    another process held a core."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

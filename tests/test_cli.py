@@ -41,7 +41,7 @@ MODEL_SOURCE = textwrap.dedent('''
 
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
-    yield from module_workdir(tmp_path, monkeypatch, "smallnet", MODEL_SOURCE, images=("one", "two",))
+    yield from module_workdir(tmp_path, monkeypatch, "smallnet", MODEL_SOURCE, images=("one", "two"))
 
 
 def _model():

@@ -40,7 +40,7 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa:
 
 import cnnlens  # noqa: E402
 from cnnlens.adapters.export import to_onnx  # noqa: E402
-from helpers import check_per_image, images, randomise_batchnorm, rel_err  # noqa: E402
+from helpers import check_per_image, images, one_torch_thread, randomise_batchnorm, rel_err  # noqa: E402
 
 RTOL = 1e-4
 H, W = 64, 96
@@ -61,12 +61,7 @@ MEASURED = {}  # (test, method, ...) -> relative error, printed with -s for the 
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
-    """One torch thread: on a shared 2-core machine two spinning OpenMP threads were measured 100-200x
-    slower per small backward pass whenever another process held a core."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from torch import nn  # noqa: E402
 
 import cnnlens  # noqa: E402
 from cnnlens.adapters.export import to_onnx  # noqa: E402
-from helpers import check_per_image, images, randomise_batchnorm, rel_err  # noqa: E402
+from helpers import check_per_image, images, one_torch_thread, randomise_batchnorm, rel_err  # noqa: E402
 
 RTOL = 1e-4
 RULES = ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]
@@ -44,12 +44,7 @@ MEASURED = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
-    """One torch thread: on a shared 2-core machine two spinning OpenMP threads were measured 100-200x
-    slower per small backward pass whenever another process held a core."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    yield from one_torch_thread()
 
 
 def small_cnn(seed: int = 0) -> nn.Module:

@@ -65,7 +65,7 @@ MODEL_SOURCE = textwrap.dedent('''
 
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
-    yield from module_workdir(tmp_path, monkeypatch, "usernet", MODEL_SOURCE, images=("one", "two",))
+    yield from module_workdir(tmp_path, monkeypatch, "usernet", MODEL_SOURCE, images=("one", "two"))
 
 
 def _inputs(paths, size=(32, 32)):

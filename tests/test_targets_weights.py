@@ -347,7 +347,7 @@ MODEL_SOURCE = textwrap.dedent('''
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
     np.save(tmp_path / "w.npy", sensor_weights())
-    yield from module_workdir(tmp_path, monkeypatch, "sensornet", MODEL_SOURCE, images=("img", "two",))
+    yield from module_workdir(tmp_path, monkeypatch, "sensornet", MODEL_SOURCE, images=("img", "two"))
 
 
 def test_cli_target_weights_writes_pngs(workdir, capsys):
