@@ -68,17 +68,25 @@ def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
     return Explanation("scorecam", maps, goal.record, outputs, layer=name)
 
 
+#: by default, Ablation-CAM's copies of one layer output per pass stay within this many elements
+#: (64 MB of float32) and 64 copies
+ABLATION_ELEMENTS = 2 ** 24
+
+
 @register("ablationcam", needs=["activations", "replace_layer"], kind=CAM, layer=ONE_LAYER)
 def ablationcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                 batch_size: Optional[int] = None) -> Explanation:
     """Ablation-CAM (Desai & Ramaswamy 2020): ``ReLU(sum_k w_k A_k)``, ``w_k`` the score's relative drop with channel k zeroed.
 
     The network runs on from the layer with one channel zeroed per copy, ``batch_size`` copies at a
-    time, the part before the layer once per image and batch (so a small ``batch_size`` costs more
-    than a forward-only method's). Channels that are already all zero change nothing and are not run.
+    time (by default up to 64, as the layer's size allows), the part before the layer once per image
+    and batch (so a small ``batch_size`` costs more than a forward-only method's). Channels that are
+    already all zero change nothing and are not run.
     """
     batch = _forward_batch(backend, batch_size, x)
     name, activations, outputs, goal = _layer_activations(backend, x, target, layer, batch, "ablationcam")
+    if batch_size is None:  # copies run only the network after the layer: more per pass, within a budget
+        batch = max(batch, min(64, ABLATION_ELEMENTS // max(1, activations[0].size)))
     clean = goal.score(outputs, np.arange(len(x)))
     ablated = np.repeat(clean[:, None], activations.shape[1], axis=1)
     owners, channels = np.nonzero(np.abs(activations).max(axis=(2, 3)) > 0)
