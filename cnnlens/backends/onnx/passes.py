@@ -120,7 +120,9 @@ class Passes:
             if needs_image:
                 feeds[self.input_name] = images
             if self._per_image and len(rows) > 1:
-                return np.concatenate([run(rows[i:i + 1], images[min(i, len(images) - 1):][:1]) for i in range(len(rows))])
+                shared = len(images) == 1  # one image for every row, or one per row
+                return np.concatenate([run(rows[i:i + 1], images if shared else images[i:i + 1])
+                                       for i in range(len(rows))])
             return scores(self._run_cut(session, feeds))
 
         if not needs_image or len(model_x) == len(fed):

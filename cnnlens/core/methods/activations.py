@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Optional
 
 import numpy as np
 
 from ..errors import LayerError
 from ..targets import Target, objective
 from ..types import Explanation
-from .common import Backend, LayerSpec, batch_size, batches, layer_names, layer_value
+from .common import Backend, LayerSpec, forward_batch, forward_layers, layer_names, layer_value
 from .registry import ACTIVATIONS, LAYERS, register
 
 
@@ -18,15 +18,8 @@ def feature_maps(backend: Backend, x: np.ndarray, target: Target, layer: LayerSp
                  batch_size: Optional[int] = None) -> Explanation:
     """A layer's activations ``A`` (the last spatial layer when ``layer`` is None)."""
     names, as_list = layer_names(backend, layer, x)
-    size = _batch(backend, batch_size, x)
-    parts: Dict[str, List[np.ndarray]] = {n: [] for n in names}
-    outputs = []
-    for sl in batches(len(x), size):
-        p = backend.forward(x[sl], layers=names)
-        for n in names:
-            parts[n].append(p.activations[n])
-        outputs.append(p.logits)
-    stacked = [np.concatenate(parts[n]).astype(np.float32) for n in names]
+    activations, outputs = forward_layers(backend, x, names, forward_batch(backend, batch_size, x))
+    stacked = [activations[n].astype(np.float32) for n in names]
     if as_list:
         shapes = {a.shape for a in stacked}
         if len(shapes) != 1:
@@ -36,10 +29,6 @@ def feature_maps(backend: Backend, x: np.ndarray, target: Target, layer: LayerSp
         maps = np.stack(stacked, axis=1)
     else:
         maps = stacked[0]
-    outputs = np.concatenate(outputs)
     return Explanation("feature_maps", maps, objective(target, outputs).record, outputs,
                        layer=layer_value(names, as_list))
 
-
-def _batch(backend: Backend, value: Optional[int], x: np.ndarray) -> int:
-    return batch_size(backend, value, "forward", x)

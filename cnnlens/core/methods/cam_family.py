@@ -13,7 +13,8 @@ from ..errors import LayerError
 from ..resize import resize_bilinear
 from ..targets import Target, objective
 from ..types import Explanation
-from .common import Backend, LayerSpec, batch_size, batches, layer_names, layer_value, seed, spatial, target_slice
+from .common import (Backend, LayerSpec, backward_batch, batches, forward_batch, layer_names, layer_value, seed,
+                     spatial, target_slice)
 from .registry import CAM, HEAD_LAYER, INPUT, LAYERS, register
 
 _SUMMARIES = {
@@ -33,7 +34,7 @@ def gradient_cams(backend: Backend, x: np.ndarray, target: Target, layer: LayerS
     CAM (default: ``method``'s own)."""
     weigh = cam_ops.GRADIENT_CAMS[weighting or method]
     names, as_list = layer_names(backend, layer, x)
-    size = batch_size(backend, batch, "backward", x)
+    size = backward_batch(backend, batch, x)
     maps = np.empty((len(x), len(names)) + x.shape[2:], dtype=np.float32)
     guided_grads = np.empty(x.shape, dtype=np.float32) if guided else None
     outputs = []
@@ -83,7 +84,7 @@ def cam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
     """CAM (Zhou et al. 2016) for a model ending in GAP -> linear: ``ReLU(sum_k W[c, k] A_k)``."""
     if layer is not None and not isinstance(layer, str):
         raise LayerError("cam takes one layer (the tensor the head pools), not a list")
-    size = _forward_batch(backend, batch_size, x)
+    size = forward_batch(backend, batch_size, x)
     maps = np.empty((len(x),) + x.shape[2:], dtype=np.float32)
     outputs, used = [], None
     for sl in batches(len(x), size):
@@ -104,7 +105,7 @@ def eigencam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
              batch_size: Optional[int] = None) -> Explanation:
     """Eigen-CAM (Muhammad & Yeasin 2020): the activations' first principal component per image (class-agnostic)."""
     names, as_list = layer_names(backend, layer, x)
-    size = _forward_batch(backend, batch_size, x)
+    size = forward_batch(backend, batch_size, x)
     maps = np.empty((len(x), len(names)) + x.shape[2:], dtype=np.float32)
     outputs = []
     for sl in batches(len(x), size):
@@ -116,6 +117,3 @@ def eigencam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
     return Explanation("eigencam", maps if as_list else maps[:, 0], objective(target, outputs).record, outputs,
                        layer=layer_value(names, as_list))
 
-
-def _forward_batch(backend: Backend, value: Optional[int], x: np.ndarray) -> int:
-    return batch_size(backend, value, "forward", x)

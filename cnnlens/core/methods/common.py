@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -28,6 +28,16 @@ def batch_size(backend: Backend, value: Optional[int], kind: str, x: np.ndarray)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise InvalidInputError(f"batch_size must be a positive int, got {value!r}")
     return int(value)
+
+
+def forward_batch(backend: Backend, value: Optional[int], x: np.ndarray) -> int:
+    """``batch_size`` for forward passes: ``value``, or the backend's choice."""
+    return batch_size(backend, value, "forward", x)
+
+
+def backward_batch(backend: Backend, value: Optional[int], x: np.ndarray) -> int:
+    """``batch_size`` for forward-and-backward passes: ``value``, or the backend's choice."""
+    return batch_size(backend, value, "backward", x)
 
 
 def target_slice(target: Target, sl: slice) -> Target:
@@ -80,6 +90,19 @@ def spatial(name: str, activation: np.ndarray, method: str) -> np.ndarray:
 def clean_outputs(backend: Backend, x: np.ndarray, batch: int) -> np.ndarray:
     """The model's outputs for the unperturbed images."""
     return np.concatenate([backend.forward(x[sl]).logits for sl in batches(len(x), batch)])
+
+
+def forward_layers(backend: Backend, x: np.ndarray, names: Sequence[str], batch: int,
+                   ) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+    """({layer: its activations for every image}, outputs) from one forward pass per batch."""
+    parts: Dict[str, List[np.ndarray]] = {n: [] for n in names}
+    outputs = []
+    for sl in batches(len(x), batch):
+        p = backend.forward(x[sl], layers=names)
+        for n in names:
+            parts[n].append(p.activations[n])
+        outputs.append(p.logits)
+    return {n: np.concatenate(parts[n]) for n in names}, np.concatenate(outputs)
 
 
 def clean_pass(backend: Backend, x: np.ndarray, target: Target, batch: int) -> Tuple[np.ndarray, Objective]:

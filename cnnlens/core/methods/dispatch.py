@@ -45,12 +45,7 @@ def run(backend: Backend, x: Any, method: str, target: Target = None, layer: Lay
             f"{method} needs {', '.join(sorted(missing))}, which the {backend.name} backend does not "
             f"provide{why}. On this backend use one of: {', '.join(supported_methods(backend.capabilities))}"
         )
-    allowed = {o.name: o for o in spec.options}
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise InvalidInputError(f"{method} has no option {', '.join(map(repr, unknown))}; its options: "
-                                f"{', '.join(allowed)}")
-    checked = {name: allowed[name].validate(value) for name, value in options.items()}
+    checked = spec.check_options(options)
     if layer is not None and not spec.layered:
         raise LayerError(f"{method} explains the input and takes no layer; layers are for the CAM family and "
                          f"feature_maps")

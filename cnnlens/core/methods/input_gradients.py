@@ -14,7 +14,7 @@ from ..noise import RunningStats, image_generators, noise_sigma
 from ..occlusion import as_baseline
 from ..targets import ClassSeed, Target, objective
 from ..types import Explanation
-from .common import Backend, LayerSpec, batch_size, batches, clean_pass, seed
+from .common import Backend, LayerSpec, backward_batch, batches, clean_pass, seed
 from .registry import BASELINE, INPUT, METHODS, SEED, Option, fraction, lookup, one_of, positive_int, register
 
 Attribution = Tuple[np.ndarray, np.ndarray]  # (maps, outputs at the images)
@@ -50,7 +50,7 @@ def _deconv(backend, x, target, batch):
 def saliency(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
              batch_size: Optional[int] = None) -> Explanation:
     """Vanilla gradient (Simonyan et al. 2013): ``dy_c/dx``, signed."""
-    maps, outputs = _plain(backend, x, target, _batch(backend, batch_size, x))
+    maps, outputs = _plain(backend, x, target, backward_batch(backend, batch_size, x))
     return _explanation("saliency", maps, outputs, target)
 
 
@@ -58,7 +58,7 @@ def saliency(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
 def guided_backprop(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                     batch_size: Optional[int] = None) -> Explanation:
     """Guided backpropagation (Springenberg et al. 2014): ReLU backward ``1{s>0} 1{g>0} g``."""
-    maps, outputs = _guided(backend, x, target, _batch(backend, batch_size, x))
+    maps, outputs = _guided(backend, x, target, backward_batch(backend, batch_size, x))
     return _explanation("guided_backprop", maps, outputs, target)
 
 
@@ -66,7 +66,7 @@ def guided_backprop(backend: Backend, x: np.ndarray, target: Target, layer: Laye
 def deconvnet(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
               batch_size: Optional[int] = None) -> Explanation:
     """Deconvnet (Zeiler & Fergus 2014): ReLU backward ``1{g>0} g``."""
-    maps, outputs = _deconv(backend, x, target, _batch(backend, batch_size, x))
+    maps, outputs = _deconv(backend, x, target, backward_batch(backend, batch_size, x))
     return _explanation("deconvnet", maps, outputs, target)
 
 
@@ -79,7 +79,7 @@ def _input_x_gradient(backend, x, target, batch):
 def input_x_gradient(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                      batch_size: Optional[int] = None) -> Explanation:
     """Input x Gradient (Shrikumar et al. 2016): ``x * dy_c/dx``."""
-    maps, outputs = _input_x_gradient(backend, x, target, _batch(backend, batch_size, x))
+    maps, outputs = _input_x_gradient(backend, x, target, backward_batch(backend, batch_size, x))
     return _explanation("input_x_gradient", maps, outputs, target)
 
 
@@ -103,8 +103,9 @@ def _integrated(backend: Backend, x: np.ndarray, target: Target, batch: int, ste
     reference = as_baseline(baseline, x.shape[1:])
     alphas, weights = integration_points(rule, steps)
     outputs, goal = clean_pass(backend, x, target, batch)
-    base_outputs = np.concatenate([backend.forward(np.broadcast_to(reference, x[sl].shape).astype(np.float32)).logits
-                                   for sl in batches(len(x), batch)])
+    # the baseline is one image for all: its outputs from one pass
+    base = backend.forward(np.broadcast_to(reference, (1,) + x.shape[1:]).astype(np.float32)).logits
+    base_outputs = np.broadcast_to(base, (len(x),) + base.shape[1:])
     delta = x - reference
     total = np.zeros(x.shape, dtype=np.float64)
     owners = np.repeat(np.arange(len(x)), steps)
@@ -138,7 +139,7 @@ def integrated_gradients(backend: Backend, x: np.ndarray, target: Target, layer:
                          steps: int = 50, baseline: Any = 0.0, rule: str = "gausslegendre",
                          batch_size: Optional[int] = None) -> Explanation:
     """Integrated Gradients (Sundararajan et al. 2017), Captum 0.9's rules; ``extras["completeness_error"]``."""
-    maps, outputs, completeness = _integrated(backend, x, target, _batch(backend, batch_size, x), steps, baseline, rule)
+    maps, outputs, completeness = _integrated(backend, x, target, backward_batch(backend, batch_size, x), steps, baseline, rule)
     exp = _explanation("integrated_gradients", maps, outputs, target)
     exp.extras["completeness_error"] = completeness
     return exp
@@ -195,8 +196,8 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
     if missing:
         raise UnsupportedError(f"smoothgrad with base={base!r} needs {', '.join(sorted(missing))}, which the "
                                f"{backend.name} backend lacks: use base='saliency'")
-    extra = {o.name: o.validate(v) for o, v in _known_options(base_method, base_options or {})}
-    batch = _batch(backend, batch_size, x)
+    extra = base_method.check_options(base_options or {}, skip=("batch_size",), context="base_options: ")
+    batch = backward_batch(backend, batch_size, x)
     outputs, goal = clean_pass(backend, x, target, batch)
     sigma = noise_sigma(x, noise)
     generators = image_generators(seed, len(x))
@@ -222,15 +223,3 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
               "vargrad": stats.variance}[variant]()
     return Explanation("smoothgrad", result.astype(np.float32), goal.record, outputs)
 
-
-def _known_options(method, given: Dict[str, Any]):
-    known = {o.name: o for o in method.options if o.name != "batch_size"}
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise InvalidInputError(f"base_options: {method.name} has no option {', '.join(map(repr, unknown))}; "
-                                f"its options: {', '.join(known) or 'none'}")
-    return [(known[k], v) for k, v in given.items()]
-
-
-def _batch(backend: Backend, value: Optional[int], x: np.ndarray) -> int:
-    return batch_size(backend, value, "backward", x)

@@ -16,24 +16,15 @@ from ..resize import resize_bilinear
 from ..rise import RiseMasks
 from ..targets import Target, objective
 from ..types import Explanation
-from .common import Backend, LayerSpec, batch_size, batches, clean_pass, one_layer, spatial
+from .common import Backend, LayerSpec, batches, clean_pass, forward_batch, forward_layers, one_layer, spatial
 from .registry import BASELINE, CAM, ONE_LAYER, SEED, Option, fraction, positive_int, register
-
-
-def _forward_batch(backend: Backend, value: Optional[int], x: np.ndarray) -> int:
-    return batch_size(backend, value, "forward", x)
 
 
 def _layer_activations(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, batch: int, method: str):
     """(layer name, its activations (N, K, h, w), outputs, objective) from one forward pass per batch."""
     name = one_layer(backend, layer, x, method)
-    parts, outputs = [], []
-    for sl in batches(len(x), batch):
-        p = backend.forward(x[sl], layers=[name])
-        parts.append(spatial(name, p.activations[name], method))
-        outputs.append(p.logits)
-    outputs = np.concatenate(outputs)
-    return name, np.concatenate(parts), outputs, objective(target, outputs)
+    activations, outputs = forward_layers(backend, x, [name], batch)
+    return name, spatial(name, activations[name], method), outputs, objective(target, outputs)
 
 
 @register("scorecam", needs=["activations"], kind=CAM, layer=ONE_LAYER)
@@ -45,7 +36,7 @@ def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
     through the model ``batch_size`` at a time, across images; channels that are constant (dead
     ReLU channels) all share the zero image, scored once.
     """
-    batch = _forward_batch(backend, batch_size, x)
+    batch = forward_batch(backend, batch_size, x)
     name, activations, outputs, goal = _layer_activations(backend, x, target, layer, batch, "scorecam")
     k = activations.shape[1]
     scores = np.empty((len(x), k), dtype=np.float64)
@@ -83,7 +74,7 @@ def ablationcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpe
     and batch (so a small ``batch_size`` costs more than a forward-only method's). Channels that are
     already all zero change nothing and are not run.
     """
-    batch = _forward_batch(backend, batch_size, x)
+    batch = forward_batch(backend, batch_size, x)
     name, activations, outputs, goal = _layer_activations(backend, x, target, layer, batch, "ablationcam")
     if batch_size is None:  # copies run only the network after the layer: more per pass, within a budget
         batch = max(batch, min(64, ABLATION_ELEMENTS // max(1, activations[0].size)))
@@ -122,7 +113,7 @@ def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec,
     stride = as_pair(max(1, min(window) // 2), "stride") if stride is None else stride
     grid = OcclusionGrid(x.shape[2:], window, stride)
     fill = as_baseline(baseline, x.shape[1:])
-    batch = _forward_batch(backend, batch_size, x)
+    batch = forward_batch(backend, batch_size, x)
     outputs, goal = clean_pass(backend, x, target, batch)
     clean = goal.score(outputs, np.arange(len(x)))
     positions = len(grid)
@@ -154,7 +145,7 @@ def rise(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
     """
     if cell > min(x.shape[2:]):
         raise InvalidInputError(f"cell {cell} is larger than the image side {min(x.shape[2:])}: choose a smaller cell")
-    batch = _forward_batch(backend, batch_size, x)
+    batch = forward_batch(backend, batch_size, x)
     outputs, goal = clean_pass(backend, x, target, batch)
     generator = RiseMasks(x.shape[2:], masks, cell, p, seed)
     sums = np.zeros((len(x),) + x.shape[2:], dtype=np.float64)

@@ -67,6 +67,16 @@ class Method:
         """Keyword options and their defaults."""
         return {o.name: o.default for o in self.options}
 
+    def check_options(self, given: Dict[str, Any], skip: Sequence[str] = (), context: str = "") -> Dict[str, Any]:
+        """``given`` options checked and converted by their declarations; an unknown one (or one in
+        ``skip``) is an InvalidInputError listing the options there are (``context`` prefixes it)."""
+        allowed = {o.name: o for o in self.options if o.name not in skip}
+        unknown = sorted(set(given) - set(allowed))
+        if unknown:
+            raise InvalidInputError(f"{context}{self.name} has no option {', '.join(map(repr, unknown))}; its "
+                                    f"options: {', '.join(allowed) or 'none'}")
+        return {name: allowed[name].validate(value) for name, value in given.items()}
+
     def option(self, name: str) -> Option:
         return next(o for o in self.options if o.name == name)
 
