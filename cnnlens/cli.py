@@ -69,23 +69,9 @@ def _output_choice(value: Optional[str]) -> Any:
 
 
 def _input_geometry(backend: Any, args: argparse.Namespace):
-    """(channels, (H, W)) for preprocessing: the ONNX input's, else --size and the first conv's channels."""
-    from .adapters.images import input_size
+    from .adapters.images import input_geometry
 
-    known = input_size(backend)
-    channels = known[0] if known and known[0] else None
-    size = tuple(args.size) if args.size else (tuple(known[1:]) if known and all(known[1:]) else None)
-    if channels is None:
-        try:
-            channels = int(backend.weights(None).shape[1])
-        except (CnnlensError, AttributeError, IndexError):
-            channels = 3
-    layout = getattr(backend, "layout", None)
-    if channels not in (1, 3) and layout is not None:
-        other = "NCHW" if layout == "NHWC" else "NHWC"
-        raise ModelError(f"the model's input {getattr(backend, 'input_shape', '')} read as {layout} takes {channels} "
-                         f"channels, and image files have 1 or 3: if the model is laid out {other}, give --layout {other}")
-    return channels, size or (224, 224)
+    return input_geometry(backend, tuple(args.size) if args.size else None)
 
 
 def _prepare(backend: Any, paths: Sequence[str], args: argparse.Namespace):
@@ -270,6 +256,31 @@ def sanity_table(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit
+
+    backend = load_model(args.model, args.device, args)
+    methods = [lookup(n.strip()).name for item in (args.method or ["gradcam"]) for n in item.split(",") if n.strip()]
+    options = {m: {k: v for k, v in _options(m, args).items() if k != "batch_size"} for m in methods}
+    result = audit(backend, args.data, args.out, methods, engine=args.engine, labels=args.labels,
+                   size=tuple(args.size) if args.size else None, mean=args.mean, std=args.std, target=args.target,
+                   layer=args.layer, options={m: o for m, o in options.items() if o}, batch_size=args.batch_size,
+                   map_size=args.map_size, shard_size=args.shard_size, max_cluster_maps=args.max_cluster_maps,
+                   seed=args.cluster_seed, overwrite=args.overwrite, report=not args.no_report,
+                   ray_address=args.ray_address, ray_cpus=args.ray_cpus, ray_actors=args.ray_actors,
+                   model_name=args.model)
+    s = result.summary
+    rate = f", {s['images_per_second']:.1f} images/s" if s["images_per_second"] else ""
+    print(f"explained {s['explained']} of {s['images']} images with {', '.join(s['methods'])} "
+          f"({s['errors']} errors{rate}; {s['shards_resumed']} shards kept from an earlier run)")
+    for group in result.groups:
+        sizes = ", ".join(str(c.size) for c in group.clusters)
+        print(f"  {group.title}: {group.count} maps, {len(group.clusters)} cluster(s) of {sizes}")
+    print(f"wrote {args.out}: results/, clusters.parquet, errors.csv, "
+          + ("report.html, " if not args.no_report else "") + "summary.json")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .adapters.demo import run_demo
 
@@ -295,8 +306,15 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", "-t", type=int, help="class to explain (default: each image's prediction)")
     p.add_argument("--target-weights", metavar="FILE.npy", help="explain sum(w * output) for output weights w, an "
                    ".npy array of one output's shape or the batch's (regression heads, segmentation maps)")
+    _add_option_flags(p)
+
+
+def _add_option_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One flag per method option the registry declares (``skip``: names the command uses itself)."""
     group = p.add_argument_group("method options")
     for name, (option, methods) in _cli_options().items():
+        if name in skip:
+            continue
         users = ", ".join(methods) if len(methods) < 6 else "every method"
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=option.cli_type,
                            help=f"{users}: {option.help}")
@@ -375,6 +393,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocessing(p)
     _add_model_options(p)
     p.set_defaults(run=cmd_sanity)
+
+    p = sub.add_parser("audit", help="explain a whole dataset, cluster the maps per class (SpRAy), write a report")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("data", metavar="DATA", help="a folder of images (class sub-folders give labels) or a .csv / "
+                   ".parquet manifest with a path column and optional label, top, left, bottom, right")
+    p.add_argument("--out", "-o", required=True, help="the audit's folder (a rerun continues it)")
+    p.add_argument("--method", "-m", action="append", metavar="M", help=f"method(s), repeat or comma-separate "
+                   f"(gradcam): {', '.join(m for m in METHODS if m != 'feature_maps')}")
+    p.add_argument("--layer", "-l", help="the CAM family's layer (default: the last spatial layer)")
+    p.add_argument("--labels", help="class names in the model's order, one per line")
+    p.add_argument("--target", choices=("predicted", "label"), default="predicted",
+                   help="explain each image's predicted class (default) or its label")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model batch (32)")
+    p.add_argument("--map-size", type=int, default=56, metavar="S", help="side of the stored maps (56)")
+    p.add_argument("--shard-size", type=int, default=256, metavar="N", help="images per results file (256)")
+    p.add_argument("--max-cluster-maps", type=int, default=5000, metavar="N",
+                   help="most maps per class and method in the spectral clustering; the rest join the nearest (5000)")
+    p.add_argument("--cluster-seed", type=int, default=0, metavar="S", help="the clustering's seed (0)")
+    p.add_argument("--overwrite", action="store_true", help="start again instead of continuing the audit in --out")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (threads) or ray (Ray Data)")
+    p.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster to join ('auto': the running one); "
+                   "by default a local instance is started and shut down")
+    p.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--ray-actors", type=int, metavar="N", help="model replicas on Ray (default: one per GPU, "
+                   "else one per 4 CPUs)")
+    _add_option_flags(p, skip=("batch_size",))
+    _add_preprocessing(p)
+    _add_model_options(p)
+    p.set_defaults(run=cmd_audit)
 
     p = sub.add_parser("demo", help="train a DenseNet on synthetic shapes and explain it with every method")
     p.add_argument("--out", "-o", default="cnnlens-demo", help="output folder (cnnlens-demo)")

@@ -238,7 +238,7 @@ def test_progress_reports_every_perturbed_image():
     seen = []
 
     @contextlib.contextmanager
-    def reporter(name, total):
+    def reporter(name, total, unit="pass"):
         seen.append([name, total, 0])
         yield lambda k=1: seen[-1].__setitem__(2, seen[-1][2] + k)
 

@@ -132,7 +132,7 @@ class Recorder:
         self.tasks = []
 
     @contextlib.contextmanager
-    def __call__(self, name, total):
+    def __call__(self, name, total, unit="pass"):
         entry = {"name": name, "total": total, "done": 0, "closed": False}
         self.tasks.append(entry)
 

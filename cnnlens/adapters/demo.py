@@ -129,7 +129,7 @@ def _training_bar(reporter):
 
         def step(done: int, total: int) -> None:
             if "advance" not in state:
-                state["context"] = reporter("training", total)
+                state["context"] = reporter("training", total, "batch")
                 state["advance"] = state["context"].__enter__()
             state["advance"](done - state.get("done", 0))
             state["done"] = done

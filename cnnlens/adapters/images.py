@@ -144,16 +144,43 @@ def fit(image: np.ndarray, size: Size) -> np.ndarray:
     image = _check_uint8_image(image)
     out_h, out_w = _target(size)
     h, w = image.shape[:2]
+    new_h, new_w, top, left = fit_geometry((h, w), (out_h, out_w))
+    if (new_h, new_w) != (h, w):
+        bilinear = getattr(Image, "Resampling", Image).BILINEAR
+        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), bilinear))
+    return np.ascontiguousarray(image[top:top + out_h, left:left + out_w])
+
+
+def fit_geometry(shape: Tuple[int, int], size: Size) -> Tuple[int, int, int, int]:
+    """What :func:`fit` does to an image of ``shape`` = (h, w): the resized (height, width) and
+    the crop's (top, left) offset in the resized image."""
+    h, w = int(shape[0]), int(shape[1])
+    out_h, out_w = _target(size)
     if out_h * w >= out_w * h:  # height is the binding side
         new_h, new_w = out_h, max(out_w, int(out_h * w / h))
     else:
         new_h, new_w = max(out_h, int(out_w * h / w)), out_w
-    if (new_h, new_w) != (h, w):
-        bilinear = getattr(Image, "Resampling", Image).BILINEAR
-        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), bilinear))
-    top = int(round((new_h - out_h) / 2.0))
-    left = int(round((new_w - out_w) / 2.0))
-    return np.ascontiguousarray(image[top:top + out_h, left:left + out_w])
+    return new_h, new_w, int(round((new_h - out_h) / 2.0)), int(round((new_w - out_w) / 2.0))
+
+
+def fit_box(box: Sequence[float], shape: Tuple[int, int], size: Size) -> Tuple[int, int, int, int]:
+    """A box (top, left, bottom, right; bottom/right exclusive) in the pixels of an image of
+    ``shape`` = (h, w), mapped through :func:`fit`'s resize and crop to the model input's pixels.
+
+    Edges scale with the image (``edge * new / old`` per axis) and shift by the crop; a pixel
+    belongs to the mapped box when its centre lies inside it. Clipped to the input; a box
+    cropped away entirely comes back empty (bottom <= top or right <= left).
+    """
+    h, w = int(shape[0]), int(shape[1])
+    out_h, out_w = _target(size)
+    new_h, new_w, top, left = fit_geometry((h, w), (out_h, out_w))
+    t, l, b, r = (float(v) for v in box)
+    rows = (t * new_h / h - top, b * new_h / h - top)
+    cols = (l * new_w / w - left, r * new_w / w - left)
+    # pixel i is inside [a, b) when a <= i + 0.5 < b, i.e. ceil(a - 0.5) <= i < ceil(b - 0.5)
+    first = [int(np.clip(np.ceil(v - 0.5), 0, limit)) for v, limit in ((rows[0], out_h), (cols[0], out_w))]
+    last = [int(np.clip(np.ceil(v - 0.5), 0, limit)) for v, limit in ((rows[1], out_h), (cols[1], out_w))]
+    return first[0], first[1], last[0], last[1]
 
 
 # --- normalising -------------------------------------------------------------------------
@@ -253,3 +280,24 @@ def input_size(backend: Any) -> Optional[Tuple[Optional[int], Optional[int], Opt
         for d in shape
     )
     return dims  # type: ignore[return-value]
+
+
+def input_geometry(backend: Any, size: Optional[Tuple[int, int]] = None) -> Tuple[int, Tuple[int, int]]:
+    """(channels, (H, W)) to prepare images for ``backend``: the ONNX input's size, else ``size``,
+    else 224 x 224; channels from the input, else the first convolution's, else 3."""
+    from ..core.errors import CnnlensError, ModelError
+
+    known = input_size(backend)
+    channels = known[0] if known and known[0] else None
+    fitted = tuple(size) if size else (tuple(known[1:]) if known and all(known[1:]) else None)
+    if channels is None:
+        try:
+            channels = int(backend.weights(None).shape[1])
+        except (CnnlensError, AttributeError, IndexError):
+            channels = 3
+    layout = getattr(backend, "layout", None)
+    if channels not in (1, 3) and layout is not None:
+        other = "NCHW" if layout == "NHWC" else "NHWC"
+        raise ModelError(f"the model's input {getattr(backend, 'input_shape', '')} read as {layout} takes {channels} "
+                         f"channels, and image files have 1 or 3: if the model is laid out {other}, give --layout {other}")
+    return channels, fitted or (224, 224)  # type: ignore[return-value]

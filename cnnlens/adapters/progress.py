@@ -20,8 +20,8 @@ def terminal_bars(stream: Optional[IO[str]] = None) -> Optional[Reporter]:
         return None
 
     @contextlib.contextmanager
-    def bar(name: str, total: int) -> Iterator[Advance]:
-        with tqdm(total=total, desc=name, unit="pass", leave=False, file=stream, dynamic_ncols=True) as t:
+    def bar(name: str, total: int, unit: str = "pass") -> Iterator[Advance]:
+        with tqdm(total=total, desc=name, unit=unit, leave=False, file=stream, dynamic_ncols=True) as t:
             yield t.update
 
     return bar

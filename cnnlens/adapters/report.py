@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.errors import CnnlensError
 from ..core.methods import METHODS, run, supported_methods
+from ..core.targets import probabilities
 from ..core.types import Explanation, Layer
 from . import render
 from .export import atomic_path
@@ -72,15 +73,6 @@ def _figure(data: Any, caption: str) -> str:
 def _unavailable(caption: str, reason: str) -> str:
     return (f'<figure><div class="na">{html.escape(reason)}</div>'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
-def probabilities(scores: np.ndarray) -> np.ndarray:
-    """Scores as probabilities: kept when they already are (a Softmax output), else softmaxed."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.min() >= 0 and np.allclose(scores.sum(axis=1), 1, atol=1e-3):
-        return scores
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _top5(scores: np.ndarray, labels: Optional[Sequence[str]]) -> str:

@@ -11,7 +11,7 @@ import threading
 from typing import Callable, ContextManager, Iterator, Optional
 
 Advance = Callable[[int], None]
-Reporter = Callable[[str, int], ContextManager[Advance]]
+Reporter = Callable[[str, int, str], ContextManager[Advance]]  # (name, total, unit)
 
 _local = threading.local()
 
@@ -21,13 +21,14 @@ def _ignore(steps: int = 1) -> None:
 
 
 @contextlib.contextmanager
-def task(name: str, total: int) -> Iterator[Advance]:
-    """Announce ``total`` steps of work called ``name``; yields a function to call as steps finish."""
+def task(name: str, total: int, unit: str = "pass") -> Iterator[Advance]:
+    """Announce ``total`` steps (``unit``: "pass", "image") of work called ``name``; yields a
+    function to call as steps finish."""
     reporter: Optional[Reporter] = getattr(_local, "reporter", None)
     if reporter is None:
         yield _ignore
         return
-    with reporter(name, total) as advance:
+    with reporter(name, total, unit) as advance:
         yield advance
 
 

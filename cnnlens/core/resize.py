@@ -46,3 +46,35 @@ def resize_bilinear(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     rows = interpolation_matrix(in_h, out_h)
     cols = interpolation_matrix(in_w, out_w)
     return np.matmul(np.matmul(rows, maps), cols.T)
+
+
+@lru_cache(maxsize=64)
+def area_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 matrix averaging the input over each output cell's span.
+
+    Output cell ``j`` covers ``[j * in / out, (j + 1) * in / out)`` of the input axis; each input
+    pixel is weighted by the length of its overlap with that span (exact area averaging, as
+    Pillow's BOX filter), so rows sum to 1 and a downsized map keeps its mass distribution.
+    """
+    if in_size <= 0 or out_size <= 0:
+        raise ValueError(f"sizes must be positive, got {in_size} -> {out_size}")
+    edges = np.arange(out_size + 1, dtype=np.float64) * (in_size / out_size)
+    starts, ends = edges[:-1, None], edges[1:, None]
+    pixels = np.arange(in_size, dtype=np.float64)[None, :]
+    overlap = np.clip(np.minimum(ends, pixels + 1) - np.maximum(starts, pixels), 0, None)
+    matrix = overlap / overlap.sum(axis=1, keepdims=True)
+    matrix.setflags(write=False)
+    return matrix
+
+
+def resize_area(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Shrink the last two axes of ``maps`` (..., h, w) to ``size`` by area averaging (no aliasing:
+    every input pixel counts), float32. An axis that grows is resized bilinearly instead, as
+    :func:`resize_bilinear`."""
+    maps = np.asarray(maps, dtype=np.float32)
+    out_h, out_w = int(size[0]), int(size[1])
+    in_h, in_w = maps.shape[-2:]
+    rows = area_matrix(in_h, out_h) if out_h <= in_h else interpolation_matrix(in_h, out_h).astype(np.float64)
+    cols = area_matrix(in_w, out_w) if out_w <= in_w else interpolation_matrix(in_w, out_w).astype(np.float64)
+    # einsum, not matmul: BLAS threads spun up between a backend's passes slow the next pass
+    return np.einsum("ij,...jk,lk->...il", rows, maps.astype(np.float64), cols, optimize=True).astype(np.float32)

@@ -198,3 +198,12 @@ class ClassSeed:
         if self.target is None:
             raise ValueError("the arg-max target's rows depend on the outputs: call the seed with them")
         return self(np.zeros(output_shape, dtype=np.float32))
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """(N, K) scores as probabilities: kept when they already are (a Softmax output), else softmaxed."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.min() >= 0 and np.allclose(scores.sum(axis=1), 1, atol=1e-3):
+        return scores
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
