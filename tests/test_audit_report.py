@@ -193,3 +193,28 @@ def test_page_in_chromium(report, browser):
     assert EVIL in body and "cats/" + EVIL_FILE in body and "occ&lusion" in body
     headings = browser.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
     assert "occ&lusion, class 5 (" + EVIL + ")" in headings
+
+
+def test_a_real_audits_report_in_chromium(tmp_path, browser):
+    """The page ``cnnlens.audit`` writes (not hand-built summaries): every picture decodes, every
+    group and cluster of summary.json is on it."""
+    import json
+
+    pytest.importorskip("sklearn")
+    from cnnlens.audit import audit
+    from tests.audit_helpers import MEAN, STD, SmallNet, write_images
+
+    write_images(str(tmp_path / "data"), count=10, classes=("a<b>", "c&d"))
+    out = tmp_path / "out"
+    audit(SmallNet().eval(), str(tmp_path / "data"), str(out), ["gradcam", "saliency"], size=(32, 32), mean=MEAN,
+          std=STD, map_size=8, target="label")
+    summary = json.load(open(out / "summary.json"))
+    browser.get("file://" + str(out / "report.html"))
+    assert browser.execute_script(
+        "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length") == 0
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    headings = browser.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+    for method, classes in summary["clusters"].items():
+        for target, info in classes.items():
+            assert f"{method}, class {target} ({info['name']})" in headings
+    assert "a<b>/" in browser.execute_script("return document.body.innerText")
