@@ -41,12 +41,13 @@ def test_statistics_of_hand_made_maps():
     negative = -np.ones((1, 10, 10))
     maps = np.concatenate([one, uniform, corner, negative])
     boxes = np.array([[4, 7, 5, 8], [0, 0, 5, 10], [np.nan] * 4, [0, 0, 10, 10]])
-    s = mapstats.statistics(maps, boxes)
+    s = mapstats.statistics(maps, boxes, size=10)  # entropy on a small map the size of these
     assert s["peak_y"].tolist() == [4, 0, 5, -1] and s["peak_x"].tolist() == [7, 0, 5, -1]
     np.testing.assert_allclose(s["border_share"][:3], [0.0, 0.36, 0.25])  # band 1 px: 36 of 100 pixels
     assert np.isnan(s["border_share"][3])  # the ReLU leaves nothing of an all-negative map
     np.testing.assert_allclose(s["entropy"][:3], [0.0, 1.0, -(0.25 * np.log(0.25) + 0.75 * np.log(0.75)) / np.log(100)])
     np.testing.assert_allclose(s["energy_in_box"][:2], [1.0, 0.5])
+    assert mapstats.statistics(maps, boxes, size=5)["entropy"][1] == pytest.approx(1.0)  # uniform at any size
     assert np.isnan(s["energy_in_box"][2]) and np.isnan(s["energy_in_box"][3])
 
 

@@ -194,15 +194,16 @@ def write(out_dir: str, info: Dict[str, Any], settings: Dict[str, Any], rows: Li
     return text
 
 
-def update_readme(readme: str, text: str, machine: str) -> None:
-    """Replace the README's benchmark section (between the bench markers) with ``text``'s tables."""
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+def update_readme(readme: str, text: str, machine: str, section: str = "bench", script: str = "run.py") -> None:
+    """Replace the README's ``section`` (between its ``<!-- section:start/end -->`` markers) with
+    ``text``'s tables."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     with open(readme) as f:
         content = f.read()
     if start not in content or end not in content or content.index(start) > content.index(end):
         raise SystemExit(f"{readme} has no {start} ... {end} section to update")
     body = text.split("\n", 2)[2].replace("\n## ", "\n### ")  # drop the title line; headings one level down
-    block = f"{start}\n<!-- written by benchmarks/run.py --update-readme from results/{machine}.md -->\n{body.strip()}\n{end}"
+    block = f"{start}\n<!-- written by benchmarks/{script} --update-readme from results/{machine}.md -->\n{body.strip()}\n{end}"
     before, rest = content.split(start, 1)
     after = rest.split(end, 1)[1]
     with open(readme + ".tmp", "w") as f:

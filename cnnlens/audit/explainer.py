@@ -6,13 +6,14 @@ a row is the same whichever engine made it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..core.errors import CnnlensError, InvalidInputError, ModelError, UnsupportedError
-from ..core.mapstats import small_maps, statistics
+from ..core.mapstats import summarise
 from ..core.methods import lookup, run, supported_methods
 from ..core.targets import probabilities
 from .arrow import RESULT_COLUMNS
@@ -73,6 +74,16 @@ def error_record(item: Item, error: BaseException, method: str = "") -> Dict[str
     return {"index": item.index, "path": item.path, "method": method, "error": str(error) or type(error).__name__}
 
 
+def _one_blas_thread() -> Any:
+    """BLAS on one thread while the maps are summarised: BLAS threads left spinning between the
+    model's batches slow its next pass (threadpoolctl comes with scikit-learn)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 class BatchExplainer:
     """Explains batches of prepared images with every method of ``job`` on ``backend``."""
 
@@ -120,9 +131,10 @@ class BatchExplainer:
         predicted = logits.argmax(axis=1)
         probability = probabilities(logits)[np.arange(len(x)), predicted]
         boxes = np.array([p.box if p.box is not None else (np.nan,) * 4 for p in batch], dtype=np.float64)
-        stats = statistics(exp.maps, boxes)
+        with _one_blas_thread():
+            small, stats = summarise(exp.maps, self.job.map_size, boxes)
         piece = Piece()
-        piece.maps.append(small_maps(exp.maps, self.job.map_size))
+        piece.maps.append(small)
         layer = exp.layer if isinstance(exp.layer, str) else None
         for i, prepared in enumerate(batch):
             item = prepared.item

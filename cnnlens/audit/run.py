@@ -75,6 +75,7 @@ def audit(model: Any, data: Union[str, "os.PathLike[str]"], out: Union[str, "os.
     started = time.perf_counter()
     if engine not in ENGINES:
         raise InvalidInputError(f"engine must be one of {ENGINES}, got {engine!r}")
+    _check_dependencies(engine, report)
     backend = backend_for(model, device=device, output=output, trust_pickle=trust_pickle, layout=layout)
     source = read_source(data, labels)
     channels, fitted = input_geometry(backend, size)
@@ -106,6 +107,23 @@ def audit(model: Any, data: Union[str, "os.PathLike[str]"], out: Union[str, "os.
                     actors=ray_actors)
     explain_seconds = time.perf_counter() - explain_started
     return _finish(store, source, job, name, engine, report, resumed, todo, explain_seconds, started)
+
+
+def _check_dependencies(engine: str, report: bool) -> None:
+    """Import what the audit will need now, so a missing extra fails before any work is done."""
+    from .arrow import pyarrow
+    from .spray import _deps
+
+    pyarrow()
+    _deps()
+    if report:
+        from ..adapters.images import _pil
+
+        _pil()
+    if engine == "ray":
+        from .ray_engine import _ray
+
+        _ray()
 
 
 def _describe(model: Any, backend: Any) -> str:

@@ -34,10 +34,10 @@ _BLUR_TRUNCATE = 4.0  # kernel radius in sigmas (as scipy.ndimage.gaussian_filte
 # ---------------------------------------------------------------- orders and perturbations
 
 
-def importance(maps: np.ndarray) -> np.ndarray:
-    """Per-pixel importance (N, H, W) float64: (N, H, W) maps as they are, (N, C, H, W) maps
+def importance(maps: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+    """Per-pixel importance (N, H, W) of ``dtype``: (N, H, W) maps as they are, (N, C, H, W) maps
     (gradient methods) summed as |g| over channels. Other shapes: ValueError."""
-    maps = np.asarray(maps, dtype=np.float64)
+    maps = np.asarray(maps, dtype=dtype)
     if maps.ndim == 4:
         return np.abs(maps).sum(axis=1)
     if maps.ndim != 3:

@@ -74,7 +74,9 @@ def resize_area(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     maps = np.asarray(maps, dtype=np.float32)
     out_h, out_w = int(size[0]), int(size[1])
     in_h, in_w = maps.shape[-2:]
-    rows = area_matrix(in_h, out_h) if out_h <= in_h else interpolation_matrix(in_h, out_h).astype(np.float64)
-    cols = area_matrix(in_w, out_w) if out_w <= in_w else interpolation_matrix(in_w, out_w).astype(np.float64)
-    # einsum, not matmul: BLAS threads spun up between a backend's passes slow the next pass
-    return np.einsum("ij,...jk,lk->...il", rows, maps.astype(np.float64), cols, optimize=True).astype(np.float32)
+    rows = area_matrix(in_h, out_h) if out_h <= in_h else interpolation_matrix(in_h, out_h)
+    cols = area_matrix(in_w, out_w) if out_w <= in_w else interpolation_matrix(in_w, out_w)
+    # float32 products, float64 weights rounded once; einsum, not matmul: BLAS threads spun up
+    # between a backend's passes slow the next pass
+    rows, cols = rows.astype(np.float32), cols.astype(np.float32)
+    return np.einsum("ij,...jk,lk->...il", rows, maps, cols, optimize=True).astype(np.float32)
