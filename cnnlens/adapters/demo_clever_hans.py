@@ -100,7 +100,7 @@ def run_clever_hans(out: str = "cnnlens-demo", quick: bool = False) -> Dict[str,
         "in_mark_clusters": {name: members.count(name) for name in clever_hans.GROUPS},
         "effect": effect, "seconds": round(time.perf_counter() - started, 1),
     }
-    notes = [f"{'peaks on the mark, ' if c.cluster in marked else ''}{100 * s:.0f}% of heat there"
+    notes = [f"{'peak on the mark, ' if c.cluster in marked else ''}{100 * s:.0f}% of heat on it"
              for c, s in zip(square.clusters, shares)]
     render.save_png(clusters_figure(square, (config.size,) * 2, notes), os.path.join(result.out, "clusters.png"))
     with atomic_path(os.path.join(out, "clever_hans_summary.json")) as temporary, \
