@@ -146,11 +146,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         startup = None if args.no_ray else _ray_startup()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    text = _markdown(info, rows, startup, args)
-    name = "audit-" + results.machine_name(info)
+    return _publish({"machine": info, "rows": rows, "ray_startup_s": startup}, args)
+
+
+def _publish(data: Dict[str, Any], args: Any) -> int:
+    """Write ``results/audit-<machine>.md`` and ``.json`` (the JSON unless only re-rendering), print
+    the Markdown, and with ``--update-readme`` put it into the README."""
+    from bench import results
+
+    name = "audit-" + results.machine_name(data["machine"])
+    text = _markdown(data["machine"], data["rows"], data["ray_startup_s"], args)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    for suffix, content in ((".md", text), (".json", json.dumps({"machine": info, "rows": rows, "ray_startup_s": startup},
-                                                                indent=1) + "\n")):
+    files = [(".md", text)] + ([] if args.render_only else [(".json", json.dumps(data, indent=1) + "\n")])
+    for suffix, content in files:
         with open(os.path.join(HERE, "results", name + suffix), "w") as handle:
             handle.write(content)
     print(text)
@@ -167,15 +175,7 @@ def _render_last(args: Any) -> int:
 
     name = "audit-" + results.machine_name(results.describe_machine({"torch": torch.__version__}))
     with open(os.path.join(HERE, "results", name + ".json")) as handle:
-        data = json.load(handle)
-    text = _markdown(data["machine"], data["rows"], data["ray_startup_s"], args)
-    with open(os.path.join(HERE, "results", name + ".md"), "w") as handle:
-        handle.write(text)
-    print(text)
-    if args.update_readme:
-        results.update_readme(os.path.join(os.path.dirname(HERE), "README.md"), text, name, section="audit-bench",
-                              script="audit.py")
-    return 0
+        return _publish(json.load(handle), args)
 
 
 def _markdown(info: Dict[str, Any], rows: List[Dict[str, Any]], startup: Optional[float], args: Any) -> str:

@@ -7,7 +7,6 @@ import base64
 import html
 import io
 import os
-import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -16,6 +15,7 @@ from PIL import Image
 
 from cnnlens.audit.report import write_audit_report
 from cnnlens.audit.summary import ClusterSummary, Example, GroupSummary
+from tests.browser import headless_chromium
 
 EVIL = "<script>alert(1)</script>"
 EVIL_FILE = "a<script>b&c.png"  # a file name may hold markup, though never a slash
@@ -154,29 +154,9 @@ def test_wide_input_keeps_its_aspect_and_empty_audit(files, tmp_path):
 
 # --- in a real browser (skipped like tests/test_report_browser.py) -------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
-
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    if not (CHROMIUM and DRIVER):
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium and chromium-driver (see .ci/run)", pytrace=False)
-        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from headless_chromium()
 
 
 def test_page_in_chromium(report, browser):

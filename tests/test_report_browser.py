@@ -4,8 +4,6 @@ The page loads with no console errors, every image decodes, the layer browser sw
 layers, and names that come from a model or a file are shown as text, never run.
 """
 
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -14,20 +12,16 @@ from torch import nn
 
 import cnnlens
 from cnnlens.adapters.report import write_report
+from tests.browser import CHROMIUM, DRIVER, headless_chromium, require_chromium
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 EVIL = "<script>alert(1)</script>"
 
 if not (CHROMIUM and DRIVER):
-    if os.environ.get("CI"):
-        pytest.fail("CI must install Debian's chromium and chromium-driver (see .ci/run)", pytrace=False)
-    pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+    require_chromium()  # skips (or fails on CI) the whole module
 
 
 class Net(nn.Module):
@@ -62,18 +56,7 @@ def report(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from headless_chromium()
 
 
 def test_page_loads_without_console_errors_and_every_image_decodes(report, browser):

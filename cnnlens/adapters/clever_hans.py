@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from . import synthetic
+from .demo import TrainingConfig
 from .synthetic import Shape, ShapesData
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -110,17 +111,10 @@ def make_clever_hans(n: int, size: int = 64, seed: int = 0, marked_positive_frac
 
 
 @dataclasses.dataclass(frozen=True)
-class CleverHansConfig:
-    """What the Clever Hans model is trained on; changing a training field retrains."""
+class CleverHansConfig(TrainingConfig):
+    """What the Clever Hans model is trained on (the demo's training, plus the mark); changing a
+    training field retrains."""
 
-    size: int = 64
-    train_images: int = 4000
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 4e-3
-    noise: float = 0.2
-    weight_decay: float = 1e-2
-    seed: int = 0
     marked_positive_fraction: float = 0.95   # 0.9 left the marked positives' maps split between mark and square
     marked_negative_fraction: float = 0.0
     corner: str = "top-left"
@@ -144,40 +138,17 @@ def train_or_load(out_dir: str, config: CleverHansConfig = CleverHansConfig(),
 
     ``demo_model.train``'s flips and transposes carry the mark to every corner while training:
     the model learns "a magenta patch in a corner means a square", wherever ``config.corner`` is."""
-    import torch
+    from .demo import train_cached
 
-    from . import demo_model
-    from .export import atomic_path
+    def data() -> Tuple[ShapesData, str]:
+        shapes, marked = make_clever_hans(config.train_images, config.size, config.seed,
+                                          config.marked_positive_fraction, config.marked_negative_fraction, config.corner)
+        return shapes, (f"{len(shapes)} shapes images, the mark on {marked[shapes.labels == 1].mean():.0%} of positives "
+                        f"and {marked[shapes.labels == 0].mean():.0%} of negatives")
 
-    weights, meta = os.path.join(out_dir, "clever_hans_state.pt"), os.path.join(out_dir, "clever_hans.json")
-    model = demo_model.build_model(num_classes=2, seed=config.seed)
-    if os.path.exists(weights) and os.path.exists(meta):
-        with open(meta, encoding="utf-8") as handle:
-            cached = json.load(handle)
-        if cached.get("key") == config.key():
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            model.eval()
-            say(f"Clever Hans model: loaded from {weights} (validation accuracy {cached['accuracy']:.3f})")
-            return model, float(cached["accuracy"])
-    data, marked = make_clever_hans(config.train_images, config.size, config.seed, config.marked_positive_fraction,
-                                    config.marked_negative_fraction, config.corner)
-    say(f"training a DenseNet on {len(data)} shapes images, the mark on {marked[data.labels == 1].mean():.0%} of "
-        f"positives and {marked[data.labels == 0].mean():.0%} of negatives ({config.epochs} epochs, "
-        f"{torch.get_num_threads()} threads)...")
-    torch.set_flush_denormal(True)   # denormals slow CPU training several times (as in the demo)
-    try:
-        result = demo_model.train(model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                                  seed=config.seed, noise=config.noise, weight_decay=config.weight_decay)
-    finally:
-        torch.set_flush_denormal(False)
-    model.eval()
-    with atomic_path(weights) as temporary:
-        torch.save(model.state_dict(), temporary)
-    with atomic_path(meta) as temporary, open(temporary, "w", encoding="utf-8") as handle:
-        json.dump({"key": config.key(), "accuracy": result["accuracy"], "seconds": result["seconds"],
-                   "config": dataclasses.asdict(config)}, handle, indent=2)
-    say(f"Clever Hans model: validation accuracy {result['accuracy']:.3f} after {result['seconds']:.0f} s")
-    return model, float(result["accuracy"])
+    model, accuracy, _ = train_cached(os.path.join(out_dir, "clever_hans_state.pt"), os.path.join(out_dir, "clever_hans.json"),
+                                      config, data, "Clever Hans model", say)
+    return model, accuracy
 
 
 def held_out(config: CleverHansConfig = CleverHansConfig()) -> Dict[str, ShapesData]:

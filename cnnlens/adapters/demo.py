@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -32,8 +32,8 @@ POINTING = [m for m, spec in METHODS.items() if spec.kind != ACTIVATIONS]
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoConfig:
-    """What the demo trains and explains; changing it retrains (the cache key is its hash)."""
+class TrainingConfig:
+    """How a demo model is trained (the demo's and the Clever Hans demo's)."""
 
     size: int = 64
     train_images: int = 4000
@@ -43,6 +43,16 @@ class DemoConfig:
     noise: float = 0.2          # training-time pixel noise (augmentation)
     weight_decay: float = 1e-2  # AdamW's default: steadier maps across seeds, and no denormal slowdown
     seed: int = 0
+
+
+#: What a cached model depends on (the explaining settings can change without retraining).
+TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingConfig))
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig(TrainingConfig):
+    """What the demo trains and explains; changing the training retrains (the cache key is its hash)."""
+
     held_out: int = 64          # held-out images (a fresh seed), about half positive
     pointing_images: int = 24   # held-out positives the pointing game is measured on
     report_images: Tuple[int, int] = (4, 2)   # positives, negatives in the report and figures
@@ -61,8 +71,6 @@ class DemoConfig:
 QUICK = DemoConfig(train_images=600, epochs=3, held_out=24, pointing_images=6, report_images=(2, 1),
                    smoothgrad_samples=4, rise_masks=50, deletion_steps=4, randomisation_images=2, randomisation_steps=2)
 
-#: What the cached model depends on (the explaining settings can change without retraining).
-TRAINING_FIELDS = ("size", "train_images", "epochs", "batch_size", "lr", "noise", "weight_decay", "seed")
 
 
 def _options(config: DemoConfig) -> Dict[str, Dict[str, Any]]:
@@ -78,12 +86,24 @@ def _say(text: str) -> None:
 
 def _train_or_load(out: str, config: DemoConfig):
     """The trained model and its validation accuracy, from the cache when the config matches."""
+
+    def data():
+        shapes = synthetic.make_shapes(config.train_images, size=config.size, seed=config.seed)
+        return shapes, f"{len(shapes)} synthetic {config.size}x{config.size} images"
+
+    return train_cached(os.path.join(out, "model_state.pt"), os.path.join(out, "model.json"), config, data, "model")
+
+
+def train_cached(weights: str, meta: str, config: TrainingConfig, data: Callable[[], Tuple[Any, str]],
+                 what: str, say: Callable[[str], Any] = _say) -> Tuple[Any, float, float]:
+    """A demo DenseNet trained with ``config`` on ``data()`` (the data and a few words about it),
+    or loaded from ``weights`` when ``meta`` holds the same ``config.key()``; returns the model
+    (in eval mode), its validation accuracy and the seconds training took (0 when loaded)."""
     import torch
 
     from . import demo_model
     from .progress import terminal_bars
 
-    weights, meta = os.path.join(out, "model_state.pt"), os.path.join(out, "model.json")
     model = demo_model.build_model(num_classes=2, seed=config.seed)
     if os.path.exists(weights) and os.path.exists(meta):
         with open(meta, encoding="utf-8") as handle:
@@ -91,17 +111,16 @@ def _train_or_load(out: str, config: DemoConfig):
         if cached.get("key") == config.key():
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             model.eval()
-            _say(f"model: loaded from {weights} (validation accuracy {cached['accuracy']:.3f})")
-            return model, cached["accuracy"], 0.0
-    data = synthetic.make_shapes(config.train_images, size=config.size, seed=config.seed)
-    _say(f"training a DenseNet on {len(data)} synthetic {config.size}x{config.size} images "
-         f"({config.epochs} epochs, {torch.get_num_threads()} threads)...")
+            say(f"{what}: loaded from {weights} (validation accuracy {cached['accuracy']:.3f})")
+            return model, float(cached["accuracy"]), 0.0
+    shapes, description = data()
+    say(f"training a DenseNet on {description} ({config.epochs} epochs, {torch.get_num_threads()} threads)...")
     bar = _training_bar(terminal_bars())
     # Denormal floats make CPU training several times slower; flush them while training only.
     torch.set_flush_denormal(True)
     try:
         with bar as step:
-            result = demo_model.train(model, data, epochs=config.epochs, batch_size=config.batch_size,
+            result = demo_model.train(model, shapes, epochs=config.epochs, batch_size=config.batch_size,
                                       lr=config.lr, seed=config.seed, progress=step, noise=config.noise,
                                       weight_decay=config.weight_decay)
     finally:
@@ -110,9 +129,9 @@ def _train_or_load(out: str, config: DemoConfig):
     with atomic_path(weights) as temporary:
         torch.save(model.state_dict(), temporary)
     with atomic_path(meta) as temporary, open(temporary, "w", encoding="utf-8") as handle:
-        json.dump({"key": config.key(), "accuracy": result["accuracy"], "config": dataclasses.asdict(config)},
-                  handle, indent=2)
-    _say(f"model: validation accuracy {result['accuracy']:.3f} after {result['seconds']:.0f} s")
+        json.dump({"key": config.key(), "accuracy": result["accuracy"], "seconds": result["seconds"],
+                   "config": dataclasses.asdict(config)}, handle, indent=2)
+    say(f"{what}: validation accuracy {result['accuracy']:.3f} after {result['seconds']:.0f} s")
     return model, float(result["accuracy"]), float(result["seconds"])
 
 
