@@ -256,31 +256,6 @@ def sanity_table(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit
-
-    backend = load_model(args.model, args.device, args)
-    methods = [lookup(n.strip()).name for item in (args.method or ["gradcam"]) for n in item.split(",") if n.strip()]
-    options = {m: {k: v for k, v in _options(m, args).items() if k != "batch_size"} for m in methods}
-    result = audit(backend, args.data, args.out, methods, engine=args.engine, labels=args.labels,
-                   size=tuple(args.size) if args.size else None, mean=args.mean, std=args.std, target=args.target,
-                   layer=args.layer, options={m: o for m, o in options.items() if o}, batch_size=args.batch_size,
-                   map_size=args.map_size, shard_size=args.shard_size, max_cluster_maps=args.max_cluster_maps,
-                   seed=args.cluster_seed, overwrite=args.overwrite, report=not args.no_report,
-                   ray_address=args.ray_address, ray_cpus=args.ray_cpus, ray_actors=args.ray_actors,
-                   model_name=args.model)
-    s = result.summary
-    rate = f", {s['images_per_second']:.1f} images/s" if s["images_per_second"] else ""
-    print(f"explained {s['explained']} of {s['images']} images with {', '.join(s['methods'])} "
-          f"({s['errors']} errors{rate}; {s['shards_resumed']} shards kept from an earlier run)")
-    for group in result.groups:
-        sizes = ", ".join(str(c.size) for c in group.clusters)
-        print(f"  {group.title}: {group.count} maps, {len(group.clusters)} cluster(s) of {sizes}")
-    print(f"wrote {args.out}: results/, clusters.parquet, errors.csv, "
-          + ("report.html, " if not args.no_report else "") + "summary.json")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.clever_hans:
         from .adapters.demo_clever_hans import run_clever_hans
@@ -344,6 +319,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .audit.command import add_audit_command
+
     parser = _Parser(prog="cnnlens", description="See what convolutional image classifiers look at.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -399,35 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(run=cmd_sanity)
 
-    p = sub.add_parser("audit", help="explain a whole dataset, cluster the maps per class (SpRAy), write a report")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("data", metavar="DATA", help="a folder of images (class sub-folders give labels) or a .csv / "
-                   ".parquet manifest with a path column and optional label, top, left, bottom, right")
-    p.add_argument("--out", "-o", required=True, help="the audit's folder (a rerun continues it)")
-    p.add_argument("--method", "-m", action="append", metavar="M", help=f"method(s), repeat or comma-separate "
-                   f"(gradcam): {', '.join(m for m in METHODS if m != 'feature_maps')}")
-    p.add_argument("--layer", "-l", help="the CAM family's layer (default: the last spatial layer)")
-    p.add_argument("--labels", help="class names in the model's order, one per line")
-    p.add_argument("--target", choices=("predicted", "label"), default="predicted",
-                   help="explain each image's predicted class (default) or its label")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model batch (32)")
-    p.add_argument("--map-size", type=int, default=56, metavar="S", help="side of the stored maps (56)")
-    p.add_argument("--shard-size", type=int, default=256, metavar="N", help="images per results file (256)")
-    p.add_argument("--max-cluster-maps", type=int, default=5000, metavar="N",
-                   help="most maps per class and method in the spectral clustering; the rest join the nearest (5000)")
-    p.add_argument("--cluster-seed", type=int, default=0, metavar="S", help="the clustering's seed (0)")
-    p.add_argument("--overwrite", action="store_true", help="start again instead of continuing the audit in --out")
-    p.add_argument("--no-report", action="store_true", help="skip report.html")
-    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (threads) or ray (Ray Data)")
-    p.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster to join ('auto': the running one); "
-                   "by default a local instance is started and shut down")
-    p.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray instance (default: all)")
-    p.add_argument("--ray-actors", type=int, metavar="N", help="model replicas on Ray (default: one per GPU, "
-                   "else one per 4 CPUs)")
-    _add_option_flags(p, skip=("batch_size",))
-    _add_preprocessing(p)
-    _add_model_options(p)
-    p.set_defaults(run=cmd_audit)
+    add_audit_command(sub)
 
     p = sub.add_parser("demo", help="train a DenseNet on synthetic shapes and explain it with every method")
     p.add_argument("--out", "-o", default="cnnlens-demo", help="output folder (cnnlens-demo)")
