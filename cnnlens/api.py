@@ -20,8 +20,9 @@ def load(source: Any, device: Optional[str] = None, *, output: Union[None, int, 
     """A model ready to explain.
 
     ``source``: an ``nn.Module`` or ScriptModule (``device`` moves it there; by default its own
-    device is used), an ``onnx.ModelProto`` or its serialized bytes, or a path to an ``.onnx``
-    file or a TorchScript file (``torch.jit.save``). For ONNX, ``device`` is "cpu", "cuda" or
+    device is used), a ``torch.export`` ``ExportedProgram``, an ``onnx.ModelProto`` or its
+    serialized bytes, or a path to an ``.onnx`` file, a ``.pt2`` file (``torch.export.save``; checked
+    to hold no pickles unless ``trust_pickle``) or a TorchScript file (``torch.jit.save``). For ONNX, ``device`` is "cpu", "cuda" or
     "cuda:N"; by default CUDA when onnxruntime-gpu and a GPU are there.
     ``output``: for a model with several outputs (a tuple, a dict, several ONNX outputs), the one
     holding the class scores, as an index or a key / output name (default: the first tensor).

@@ -1,6 +1,6 @@
 """The ``cnnlens`` command: layers, explain, compare, report, sanity checks and the demo.
 
-MODEL is an ``.onnx`` file, a TorchScript file, or ``module:attr`` naming a Python callable
+MODEL is an ``.onnx`` file, a ``.pt2`` (torch.export) file, a TorchScript file, or ``module:attr`` naming a Python callable
 that returns an ``nn.Module`` (or the module itself). Errors print one line starting with
 ``error:`` and exit with status 2.
 """
@@ -30,11 +30,11 @@ def load_model(spec: str, device: Optional[str] = None, args: Optional[argparse.
     output = _output_choice(getattr(args, "output", None))
     trust = bool(getattr(args, "trust_pickle", False))
     layout = getattr(args, "layout", None) or "auto"
-    if os.path.exists(spec) or spec.lower().endswith((".onnx", ".pt", ".pth", ".ts", ".jit")):
+    if os.path.exists(spec) or spec.lower().endswith((".onnx", ".pt2", ".pt", ".pth", ".ts", ".jit")):
         return cnnlens.load(spec, device=device, output=output, trust_pickle=trust, layout=layout)
     if ":" not in spec:
         raise ModelError(
-            f"MODEL {spec!r} is neither a file nor module:attr: give an .onnx file, a TorchScript file, "
+            f"MODEL {spec!r} is neither a file nor module:attr: give an .onnx, .pt2 or TorchScript file, "
             f"or module:attr naming a function that returns an nn.Module (e.g. torchvision.models:resnet18)"
         )
     module_name, attr = spec.split(":", 1)

@@ -1,7 +1,8 @@
 """The contract every registered method keeps, on every backend that can run it.
 
 Parametrised over ``cnnlens.METHODS`` read at import time (a newly registered method is covered
-without touching this file) x the torch, TorchScript (traced and scripted files) and ONNX backends:
+without touching this file) x the torch, torch.export (``.pt2``), TorchScript (traced and scripted
+files) and ONNX backends:
 
 - a method the backend's capabilities exclude raises UnsupportedError naming the method;
 - maps are float32 of the shape the method's kind says (INPUT (N, C, H, W), CAM (N, H, W),
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 import cnnlens
-from cnnlens.adapters.export import to_onnx, to_torchscript
+from cnnlens.adapters.export import to_exported, to_onnx, to_torchscript
 from cnnlens.cli import build_parser, main
 from cnnlens.core.methods import (ACTIVATIONS, CAM, HEAD_LAYER, INPUT, LAYERS, METHODS, NO_LAYER, ONE_LAYER, all_options,
                                   supported_methods)
@@ -36,7 +37,7 @@ from helpers import randomise_batchnorm, rel_err
 
 SIZE = 32
 NAMES = list(METHODS)
-BACKENDS = ["torch", "torchscript-trace", "torchscript-script", "onnx"]
+BACKENDS = ["torch", "torch.export", "torchscript-trace", "torchscript-script", "onnx"]
 #: small options for the slow methods (methods not listed run with their defaults)
 FAST = {
     "rise": dict(masks=64),
@@ -92,6 +93,7 @@ def files(tmp_path_factory):
     model = tiny()
     paths = {
         "onnx": to_onnx(model, str(folder / "tiny.onnx"), (3, SIZE, SIZE)),
+        "torch.export": to_exported(model, str(folder / "tiny.pt2"), (3, SIZE, SIZE)),
         "torchscript-trace": to_torchscript(model, str(folder / "tiny_trace.pt"), (3, SIZE, SIZE), method="trace"),
         "torchscript-script": to_torchscript(model, str(folder / "tiny_script.pt"), (3, SIZE, SIZE), method="script"),
     }

@@ -496,7 +496,7 @@ CLI_CASES = [
                  id="model-folder"),
     pytest.param(["compare", "relnet:build", "trunc.onnx", "img.png"],
                  r"trunc\.onnx is not a readable ONNX model .*Export it again", id="compare-truncated-onnx"),
-    pytest.param(["explain", "relnet", "img.png"], r"neither a file nor module:attr: give an \.onnx file",
+    pytest.param(["explain", "relnet", "img.png"], r"neither a file nor module:attr: give an \.onnx, \.pt2 or TorchScript file",
                  id="model-neither-file-nor-module"),
     # ------------------------------------------------ image files
     pytest.param(["explain", "relnet:build", "imgs/missing.jpg", *T],

@@ -8,6 +8,7 @@ both models. Files are written atomically: a failed export leaves no partial fil
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 import warnings
@@ -111,4 +112,28 @@ def to_torchscript(model, path: str, input_shape: Optional[Sequence[int]] = (3, 
             raise ValueError(f"method must be 'trace' or 'script', got {method!r}")
         with atomic_path(path) as temporary:
             torch.jit.save(scripted, temporary)
+    return path
+
+
+def to_exported(model, path: str, input_shape: Sequence[int] = (3, 224, 224), *, max_batch: int = 4096) -> str:
+    """Save ``model`` as a ``torch.export`` program (``.pt2``, ``torch.export.save``) with a
+    dynamic batch dimension (1 .. ``max_batch``); height and width stay those of ``input_shape``.
+
+    The model is exported in eval mode and left in the mode it was in; the file is written
+    atomically. Returns ``path``.
+    """
+    import torch
+
+    from ..backends.torch import evaluating
+
+    # torch.export specialises a dimension of size 1, so a batch of 2 is traced
+    example = _example(model, input_shape, batch=2)
+    with evaluating(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (example,),
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=max_batch)},))
+        buffer = io.BytesIO()  # saved from memory, so the archive's folder is not the temporary file's name
+        torch.export.save(program, buffer)
+        with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+            handle.write(buffer.getvalue())
     return path

@@ -1,7 +1,8 @@
 """A loaded model in a form that travels to other processes (Ray actors) and loads there.
 
 A torch module travels as itself (pickled by Ray); a TorchScript module as the bytes of
-``torch.jit.save`` (ScriptModules do not pickle); an ONNX model as its serialized bytes. The
+``torch.jit.save`` (ScriptModules do not pickle); a ``torch.export`` program as the bytes of
+``torch.export.save``; an ONNX model as its serialized bytes. The
 output choice and the image layout travel with it, so every replica explains the same thing.
 """
 
@@ -18,8 +19,8 @@ from ..core.errors import ModelError
 
 @dataclass
 class ModelShipment:
-    """What a remote worker needs to load the model: ``kind`` "module", "torchscript" or
-    "onnx", its ``payload``, and the backend's ``output`` and ``layout``."""
+    """What a remote worker needs to load the model: ``kind`` "module", "torchscript",
+    "exported" or "onnx", its ``payload``, and the backend's ``output`` and ``layout``."""
 
     kind: str
     payload: Any
@@ -33,16 +34,25 @@ class ModelShipment:
             import torch
 
             payload = torch.jit.load(io.BytesIO(payload), map_location="cpu")
+        elif self.kind == "exported":  # bytes this process wrote from a program already loaded
+            import torch
+
+            payload = torch.export.load(io.BytesIO(payload))
         return backend_for(payload, device=device, output=self.output, layout=self.layout)
 
 
 def ship(backend: Any) -> ModelShipment:
     """The shipment of a loaded backend's model."""
+    program = getattr(backend, "program", None)
     model = backend.model
     layout = getattr(backend, "layout", None) or "auto"
     layout = "NHWC" if layout == "NHWC" else "auto"
     output = _output_of(backend)
     torch = sys.modules.get("torch")
+    if program is not None:
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        return ModelShipment("exported", buffer.getvalue(), output, layout)
     if torch is not None and isinstance(model, torch.jit.ScriptModule):
         buffer = io.BytesIO()
         torch.jit.save(model, buffer)

@@ -37,6 +37,10 @@ def backend_for(model: Any, device: Optional[str] = None, output: Union[None, in
                                _output_of(model), layout=layout if layout != "auto" else kept)
         return model
     torch = _module("torch")
+    if torch is not None and isinstance(model, torch.export.ExportedProgram):
+        from .torch_export import ExportedBackend
+
+        return ExportedBackend(model, device=device, output=output, layout=layout)
     if torch is not None and isinstance(model, torch.nn.Module):
         from .torch import TorchBackend
 
@@ -50,7 +54,8 @@ def backend_for(model: Any, device: Optional[str] = None, output: Union[None, in
         return _from_path(os.fspath(model), device, output, trust_pickle, layout)
     raise ModelError(
         f"cannot explain an object of type {type(model).__module__}.{type(model).__qualname__}: pass a "
-        f"torch.nn.Module, an onnx.ModelProto, or a path to an .onnx or TorchScript file (cnnlens.load(...))"
+        f"torch.nn.Module, a torch.export ExportedProgram, an onnx.ModelProto, or a path to an .onnx, .pt2 or "
+        f"TorchScript file (cnnlens.load(...))"
     )
 
 
@@ -78,6 +83,8 @@ def _from_path(path: str, device: Optional[str], output: Union[None, int, str], 
         raise ModelError(f"{path} is empty: export the model again")
     if path.lower().endswith(".onnx"):
         return _onnx(path, device, output, layout)
+    if _is_pt2(path):
+        return _exported(path, device, output, trust_pickle, layout)
     if _is_pickle(path):
         if not trust_pickle:
             raise ModelError(
@@ -95,6 +102,26 @@ def _from_path(path: str, device: Optional[str], output: Union[None, int, str], 
             f"cnnlens.adapters.export.to_torchscript, or load the module in Python and pass it to cnnlens"
         )
     return _onnx(path, device, output, layout)
+
+
+def _is_pt2(path: str) -> bool:
+    """A ``torch.export.save`` archive."""
+    from .pt2 import is_pt2
+
+    return zipfile.is_zipfile(path) and is_pt2(path)
+
+
+def _exported(path: str, device: Optional[str], output: Union[None, int, str], trust_pickle: bool,
+              layout: str) -> Backend:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ModelError(f"{path} is a torch.export program, which needs PyTorch: pip install 'cnnlens[torch]' "
+                         f"(or explain its ONNX export with no PyTorch)") from None
+    from .pt2 import read_program
+    from .torch_export import ExportedBackend
+
+    return ExportedBackend(read_program(path, trust_pickle), device=device, output=output, layout=layout)
 
 
 def _is_pickle(path: str) -> bool:

@@ -3,8 +3,9 @@
 One custom autograd ReLU with the backward rule of the lecture (seed 003):
 ``guided``: ``1{s>0} 1{g>0} g``; ``deconv``: ``1{g>0} g``. A ``TorchFunctionMode`` active for the
 duration of one pass swaps it in for every ReLU the forward actually runs -- ``nn.ReLU``
-(in place or not), ``F.relu``, ``torch.relu``, ``Tensor.relu`` and their in-place forms --
-without touching the model. Modes are thread-local, so other threads are unaffected.
+(in place or not), ``F.relu``, ``torch.relu``, ``Tensor.relu`` and their in-place forms, and
+``aten.relu`` / ``aten.relu_`` (what a ``torch.export`` program's graph calls) -- without
+touching the model. Modes are thread-local, so other threads are unaffected.
 
 The rule is read when the backward pass runs, so one forward pass can serve a plain backward
 (to a layer, for Grad-CAM) and then a guided one (to the input): Guided Grad-CAM in one forward.
@@ -48,8 +49,10 @@ class RuleReLU(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(grad, out, 0), None, None
 
 
-_OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
-_IN_PLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
+_ATEN = torch.ops.aten
+# the Python-level ReLUs, and the ATen operators a torch.export program's graph calls instead
+_OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu, _ATEN.relu.default}
+_IN_PLACE = {F.relu_, torch.relu_, torch.Tensor.relu_, _ATEN.relu_.default}
 
 
 class ReluRuleMode(TorchFunctionMode):

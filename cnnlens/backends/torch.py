@@ -653,7 +653,11 @@ class TorchBackend:
             return _numpy(logits), _numpy(pooled), _numpy(weight), used
 
 
-_POOLS = {F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean, torch.Tensor.mean}
+_ATEN = torch.ops.aten
+# global average pools and linear maps, as Python calls and as a torch.export graph's ATen calls
+_POOLS = {F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean, torch.Tensor.mean, _ATEN.adaptive_avg_pool2d.default,
+          _ATEN._adaptive_avg_pool2d.default, _ATEN.avg_pool2d.default, _ATEN.mean.dim}
+_LINEARS = {F.linear, _ATEN.linear.default}
 
 
 class _HeadRecorder(TorchFunctionMode):
@@ -670,9 +674,11 @@ class _HeadRecorder(TorchFunctionMode):
         if func in _POOLS and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
             if isinstance(out, torch.Tensor) and out.shape[:2] == args[0].shape[:2] and out[0, 0].numel() == 1:
                 self.pools.append((args[0], out))
-        elif func is F.linear and isinstance(out, torch.Tensor):
+        elif func in _LINEARS and isinstance(out, torch.Tensor):
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             self.linears.append((args[0] if args else kwargs["input"], weight, out))
+        elif func is _ATEN.addmm.default and isinstance(out, torch.Tensor) and len(args) >= 3:
+            self.linears.append((args[1], args[2].t(), out))  # a decomposed linear: bias + x @ W.T
         return out
 
     def head(self, logits: torch.Tensor):
