@@ -85,6 +85,9 @@ def test_shards_clusters_summary_and_report(reference):
             assert sum(info["sizes"]) == info["maps"] == len(members)
             assert sorted(info["sizes"], reverse=True) == info["sizes"]
             assert np.bincount([c["cluster"] for c in members]).tolist() == info["sizes"]
+    names = {0: "ant", 1: "bee"}  # the folders' names, for the classes that have one
+    examples = [e for g in result.groups for c in g.clusters for e in c.examples]
+    assert examples and all(e.predicted_name == names.get(e.predicted) for e in examples)
     html = open(os.path.join(out, "report.html"), encoding="utf-8").read()
     assert "gradcam, class" in html and html.count("data:image/jpeg;base64,") > 4
     assert list(csv.reader(open(os.path.join(out, "errors.csv")))) == [["path", "method", "error"]]

@@ -144,24 +144,36 @@ def _listed_rows(group: _Group, light: Dict[str, np.ndarray]) -> List[int]:
 
 
 def _example(position: int, group: _Group, light: Dict[str, np.ndarray], files: Dict[str, str],
-             value: Optional[float] = None) -> Example:
+             names: Dict[int, str], value: Optional[float] = None) -> Example:
     def get(name: str) -> Any:
         v = light[name][position]
         return None if v is None or (isinstance(v, float) and np.isnan(v)) else v.item() if hasattr(v, "item") else v
 
     path = str(light["path"][position])
+    predicted = get("predicted")
     return Example(path, files.get(path, path), group.picked[position], label=get("label"), label_name=get("label_name"),
-                   predicted=get("predicted"), probability=get("probability"), value=value)
+                   predicted=predicted, probability=get("probability"), value=value,
+                   predicted_name=names.get(predicted))
 
 
-def _summary(group: _Group, light: Dict[str, np.ndarray], files: Dict[str, str]) -> GroupSummary:
+def _names(light: Dict[str, np.ndarray]) -> Dict[int, str]:
+    """Class index -> name, from the names the rows carry (explained classes and labels)."""
+    names: Dict[int, str] = {}
+    for index, name in ((light["target"], light["target_name"]), (light["label"], light["label_name"])):
+        for i, n in zip(index.tolist(), name.tolist()):
+            if isinstance(n, str) and i is not None and i == i:
+                names.setdefault(int(i), n)
+    return names
+
+
+def _summary(group: _Group, light: Dict[str, np.ndarray], files: Dict[str, str], names: Dict[int, str]) -> GroupSummary:
     sizes = np.bincount(group.labels, minlength=len(group.sums))
     clusters = []
     members = {k: [p for p, c in zip(group.sample.tolist(), group.model.labels) if c == k] for k in range(len(sizes))}
     for k, size in enumerate(sizes.tolist()):
         mean = (group.sums[k] / max(size, 1)).astype(np.float32)
         typical = sorted(members[k], key=lambda p: float(np.square(group.picked[p] - mean).sum()))[:EXAMPLES]
-        clusters.append(ClusterSummary(k, size, mean, [_example(p, group, light, files) for p in typical]))
+        clusters.append(ClusterSummary(k, size, mean, [_example(p, group, light, files, names) for p in typical]))
     listed = _listed_rows(group, light)
     boxed = int((~np.isnan(light["energy_in_box"][group.rows].astype(np.float64))).sum())
     split = min(boxed, LISTED)
@@ -169,8 +181,8 @@ def _summary(group: _Group, light: Dict[str, np.ndarray], files: Dict[str, str])
         group.method, group.target, group.target_name, len(group.rows),
         (group.sums.sum(axis=0) / len(group.rows)).astype(np.float32), clusters,
         [float(v) for v in group.model.eigenvalues], len(group.sample),
-        outside_box=[_example(p, group, light, files, float(light["energy_in_box"][p])) for p in listed[:split]],
-        on_border=[_example(p, group, light, files, float(light["border_share"][p])) for p in listed[split:]])
+        outside_box=[_example(p, group, light, files, names, float(light["energy_in_box"][p])) for p in listed[:split]],
+        on_border=[_example(p, group, light, files, names, float(light["border_share"][p])) for p in listed[split:]])
 
 
 def cluster_results(results: str, clusters_path: str, job: AuditJob, files: Dict[str, str]) -> List[GroupSummary]:
@@ -183,6 +195,7 @@ def cluster_results(results: str, clusters_path: str, job: AuditJob, files: Dict
     dataset = _dataset(results)
     light = _light(dataset)
     groups = _groups(light, job)
+    names = _names(light)
     summaries = []
     with atomic_path(clusters_path) as temporary:
         writer = pq.ParquetWriter(temporary, clusters_table({n: [] for n in ("path", "method", "target", "cluster")}).schema)
@@ -193,7 +206,7 @@ def cluster_results(results: str, clusters_path: str, job: AuditJob, files: Dict
                 for group in wave:
                     writer.write_table(clusters_table({"path": light["path"][group.rows].tolist(), "method": [group.method] * len(group.rows),
                                                        "target": [group.target] * len(group.rows), "cluster": group.labels.tolist()}))
-                    summaries.append(_summary(group, light, files))
+                    summaries.append(_summary(group, light, files, names))
                     group.picked, group.sums = {}, None
         finally:
             writer.close()

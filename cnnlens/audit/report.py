@@ -122,7 +122,8 @@ class _Pictures:
             lines.append(f"label {name}")
         if example.predicted is not None:
             probability = f" ({100 * example.probability:.1f}%)" if example.probability is not None else ""
-            lines.append(f"predicted {example.predicted}{probability}")
+            name = f" {html.escape(example.predicted_name)}" if example.predicted_name else ""
+            lines.append(f"predicted {example.predicted}{name}{probability}")
         if value:
             lines.append(value)
         return _figure(picture, example.path, "<br>".join(lines))

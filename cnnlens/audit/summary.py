@@ -27,6 +27,7 @@ class Example:
     label_name: Optional[str] = None
     predicted: Optional[int] = None
     probability: Optional[float] = None
+    predicted_name: Optional[str] = None
     value: Optional[float] = None
 
 
