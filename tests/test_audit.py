@@ -188,3 +188,30 @@ def test_onnx_export_audits_to_the_same_maps(data, model, reference, tmp_path):
     np.testing.assert_allclose(onnx_table.column("probability").to_numpy(), torch_table.column("probability").to_numpy(),
                                rtol=1e-5)
     np.testing.assert_allclose(onnx_maps, torch_maps, atol=1e-5)
+
+
+def test_target_label_without_a_label_is_that_images_error(data, model, tmp_path):
+    root, paths = data
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + f"{os.path.join(root, paths[0])},1\n{os.path.join(root, paths[1])},\n")
+    result = audit(model, str(manifest), str(tmp_path / "out"), ["gradcam"], target="label", **KW)
+    errors = list(csv.DictReader(open(tmp_path / "out" / "errors.csv")))
+    assert [e["path"] for e in errors] == [os.path.join(root, paths[1])] and "has no label" in errors[0]["error"]
+    assert result.summary["explained"] == 1 and read_results(str(tmp_path / "out"))[0].column("target").to_pylist() == [1]
+
+
+def test_a_model_that_is_not_a_classifier_is_told_so(data, tmp_path):
+    import torch
+
+    class Segmenter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)  # (N, 2, H, W): no class scores
+
+    root, _ = data
+    with pytest.raises(cnnlens.ModelError, match=r"output has shape \(1, 2, 32, 32\); an audit explains classifiers"):
+        audit(Segmenter().eval(), root, str(tmp_path / "out"), ["saliency"], **KW)
+    assert not os.path.exists(tmp_path / "out" / "results")  # refused before any work

@@ -95,6 +95,15 @@ class BatchExplainer:
         self.backend, self.job = backend, job
         self.names = list(class_names) if class_names is not None else None
 
+    def check_classifier(self) -> None:
+        """Raise ModelError unless the model's output is (N, classes): one forward pass on a blank image."""
+        x = np.zeros((1, self.job.channels) + tuple(self.job.size), dtype=np.float32)
+        shape = tuple(np.asarray(self.backend.forward(x).logits).shape)
+        if len(shape) != 2:
+            raise ModelError(f"the model's output has shape {shape}; an audit explains classifiers, whose output "
+                             f"is (N, classes): for a model with several outputs, choose the class scores with "
+                             f"--output (cnnlens.audit(..., output=...))")
+
     def explain(self, batch: Sequence[Prepared]) -> Piece:
         """Rows for every image and method of ``batch``; a batch that fails is retried image by
         image, so one bad image costs only its own rows."""

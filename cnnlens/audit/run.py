@@ -84,6 +84,7 @@ def audit(model: Any, data: Union[str, "os.PathLike[str]"], out: Union[str, "os.
                    map_size=map_size, target=target, batch_size=batch_size, shard_size=shard_size,
                    max_cluster_maps=max_cluster_maps, max_clusters=max_clusters, seed=seed)
     explainer = BatchExplainer(backend, job, source.class_names)
+    explainer.check_classifier()
     name = model_name or _describe(model, backend)
     store = ShardStore(os.fspath(out), job.fingerprint(source.items, name), overwrite=overwrite)
     resumed = len(store.finished())
