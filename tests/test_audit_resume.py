@@ -20,12 +20,13 @@ from tests.audit_helpers import MEAN, STD, SmallNet, read_results, write_images 
 KW = dict(size=(32, 32), mean=MEAN, std=STD, batch_size=2, shard_size=2, map_size=8)
 
 SLOW_MODEL = """
+import os
 import time
 from tests.audit_helpers import SmallNet
 
 class Slow(SmallNet):
     def forward(self, x):
-        time.sleep(0.25)
+        time.sleep(float(os.environ.get("SLOW_SECONDS", "0.05")))  # long in the run to be cut: no race
         return super().forward(x)
 
 def build():
@@ -107,7 +108,8 @@ def test_killed_or_interrupted_process_then_rerun_equals_an_uninterrupted_run(da
     cwd, env = slow_cwd
     whole, out = str(cwd / "whole"), str(cwd / "cut")
     subprocess.run(_cli(data, whole, cwd), cwd=cwd, env=env, check=True, capture_output=True)
-    process = subprocess.Popen(_cli(data, out, cwd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(_cli(data, out, cwd), cwd=cwd, env=dict(env, SLOW_SECONDS="2"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     _wait_for_first_shard(process, out)
     process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
     _, err = process.communicate(timeout=60)
