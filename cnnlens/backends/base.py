@@ -11,6 +11,7 @@ try:  # Python >= 3.8
 except ImportError:  # pragma: no cover
     from typing_extensions import Protocol, runtime_checkable  # type: ignore
 
+from ..core import occlusion
 from ..core.errors import InvalidInputError, LayerError
 from ..core.types import Layer, Pass
 
@@ -26,6 +27,7 @@ WEIGHTS = "weights"                    # a layer's weight tensor
 LINEAR_HEAD = "linear_head"            # GAP -> linear head found automatically (CAM)
 RANDOMISE = "randomise"                # a copy with some layers' learned weights re-drawn
 REPLACE_LAYER = "replace_layer"        # outputs with one layer's output replaced (Ablation-CAM)
+INCREMENTAL_OCCLUSION = occlusion.INCREMENTAL  # occluded copies scored from cached activations
 
 
 @runtime_checkable

@@ -29,7 +29,7 @@ from ._torch_replace import run_replaced
 _CAPABILITIES = frozenset({
     base.FORWARD, base.ACTIVATIONS, base.INPUT_GRADIENTS, base.LAYER_GRADIENTS,
     base.RELU_RULES, base.WEIGHTS, base.LINEAR_HEAD,
-    base.RANDOMISE, base.REPLACE_LAYER,
+    base.RANDOMISE, base.REPLACE_LAYER, base.INCREMENTAL_OCCLUSION,
 })
 #: What TorchScript allows: no hooks on compiled modules, and compiled code calls its ReLUs
 #: without going through Python, so no activations, layer gradients or ReLU rules.
@@ -534,6 +534,14 @@ class TorchBackend:
         if x.ndim == 4 and x.shape[1] != channels:
             return f"Its first convolution takes {channels} channels, the images have {x.shape[1]}: convert them"
         return "Check that the images have the size, channels and preprocessing the model expects"
+
+    def occluder(self, image: np.ndarray) -> Tuple[Optional[Callable[..., np.ndarray]], str]:
+        """``(score, "")``: ``score(top, left, values)`` gives the outputs for ``image`` (C, H, W) with
+        ``values[b]`` pasted at (top[b], left[b]), computed incrementally (``_torch_incremental``);
+        or ``(None, reason)`` when this model must be occluded by brute force."""
+        from ._torch_incremental import occluder_for
+
+        return occluder_for(self, np.asarray(image, dtype=np.float32))
 
     def _scores(self, output: Any) -> torch.Tensor:
         return _scores(output, self.output, self.model)

@@ -4,14 +4,14 @@ RISE ((N, H, W), what hiding parts of the image does to the score)."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
 from .. import cam as cam_ops
 from .. import progress
 from ..errors import InvalidInputError
-from ..occlusion import OcclusionGrid, as_baseline, as_pair
+from ..occlusion import INCREMENTAL, OcclusionGrid, as_baseline, as_pair
 from ..resize import resize_bilinear
 from ..rise import RiseMasks
 from ..targets import Target, objective
@@ -95,18 +95,34 @@ def ablationcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpe
     return Explanation("ablationcam", maps, goal.record, outputs, layer=name)
 
 
+def _incremental_flag(value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"incremental must be True or False, got {value!r}")
+    return bool(value)
+
+
 @register("occlusion", needs=["forward"], kind=CAM, options=[
     Option("window", None, "window side in pixels (1/14 of the shorter side)", None, int),
     Option("stride", None, "step in pixels (half the window)", None, int),
     BASELINE,
+    Option("incremental", False, "recompute only what each window changes, where the backend can (torch modules "
+           "torch.fx traces; the same maps to float rounding)", _incremental_flag, None),
 ])
 def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
               window: Union[int, Tuple[int, int], None] = None, stride: Union[int, Tuple[int, int], None] = None,
-              baseline: Union[float, np.ndarray] = 0.0, batch_size: Optional[int] = None) -> Explanation:
+              baseline: Union[float, np.ndarray] = 0.0, incremental: bool = False,
+              batch_size: Optional[int] = None) -> Explanation:
     """Occlusion (Zeiler & Fergus 2014): the mean drop of ``y_c`` over the windows covering each pixel.
 
     ``window`` defaults to 1/14 of the shorter side (16 px at 224), ``stride`` to half the window.
     Windows cover all channels; ``baseline`` is a number, one value per channel, or a (C, H, W) array.
+    ``incremental``: on a backend that can (torch modules fx can trace), each layer recomputes only
+    the region a window changes, from the clean image's cached activations: the same scores, less
+    work; where it would not pay, brute force runs (measured on the first windows, remembered per
+    model and image size). Opt-in for now (see the README: the first call on a model whose saving
+    is small pays for the probe).
+    ``exp.extras["occlusion_engine"]`` says per image what ran ("incremental", "brute force",
+    "brute force (...)" when it measured no faster, or "brute force: <why>" when it could not).
     """
     side = min(x.shape[2:])
     window = as_pair(max(1, int(round(side / 14))) if window is None else window, "window")
@@ -120,13 +136,43 @@ def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec,
     owners = np.repeat(np.arange(len(x)), positions)
     where = np.tile(np.arange(positions), len(x))
     drops = np.empty(len(owners), dtype=np.float64)
+    engines = np.full(len(x), "brute force", dtype=object)
+    done = np.zeros(len(x), dtype=bool)
     with progress.task("occlusion", len(owners)) as advance:
-        for sl in batches(len(owners), batch):
-            scores = backend.forward(grid.occlude(x, owners[sl], where[sl], fill)).logits
-            drops[sl] = clean[owners[sl]] - goal.score(scores, owners[sl])
-            advance(sl.stop - sl.start)
+        if incremental and INCREMENTAL in backend.capabilities:
+            for i in range(len(x)):
+                done[i], engines[i] = _occlude_incrementally(backend, x, i, grid, fill, batch, goal, clean, drops,
+                                                             advance)
+        todo = np.flatnonzero(~done)
+        rows = np.flatnonzero(np.isin(owners, todo))
+        for sl in batches(len(rows), batch):
+            picked = rows[sl]
+            scores = backend.forward(grid.occlude(x, owners[picked], where[picked], fill)).logits
+            drops[picked] = clean[owners[picked]] - goal.score(scores, owners[picked])
+            advance(len(picked))
     maps = grid.accumulate(drops.reshape(len(x), positions))
-    return Explanation("occlusion", maps, goal.record, outputs, options=dict(window=grid.window, stride=grid.stride))
+    return Explanation("occlusion", maps, goal.record, outputs, options=dict(window=grid.window, stride=grid.stride),
+                       extras={"occlusion_engine": engines.astype(str)})
+
+
+def _occlude_incrementally(backend: Backend, x: np.ndarray, i: int, grid: OcclusionGrid, fill: np.ndarray,
+                           batch: int, goal: Any, clean: np.ndarray, drops: np.ndarray, advance: Any) -> Tuple[bool, str]:
+    """Image ``i``'s score drops (into ``drops``) from the backend's occluder: (True, what ran), or
+    (False, "brute force: <why>") when the backend cannot do it for this model (nothing done)."""
+    score, reason = backend.occluder(x[i])  # type: ignore[attr-defined]
+    if score is None:
+        return False, f"brute force: {reason}"
+    positions = len(grid)
+    full = np.broadcast_to(fill, x.shape[1:])
+    (wh, ww), owner = grid.window, np.full(positions, i)
+    for sl in batches(positions, max(batch, getattr(score, "batch", batch))):
+        r, c = np.divmod(np.arange(sl.start, sl.stop), len(grid.cols))
+        top, left = grid.rows[r], grid.cols[c]
+        values = np.stack([full[:, t:t + wh, l:l + ww] for t, l in zip(top, left)])
+        outputs = score(top, left, values)
+        drops[i * positions + sl.start:i * positions + sl.stop] = clean[owner[sl]] - goal.score(outputs, owner[sl])
+        advance(sl.stop - sl.start)
+    return True, getattr(score, "engine", "incremental")
 
 
 @register("rise", needs=["forward"], kind=CAM, options=[
