@@ -21,7 +21,7 @@ def always_incremental(monkeypatch):
     """The guard may pick brute force (a busy machine, a small image); these tests check the
     incremental path, each with fresh traces and no decision remembered."""
     monkeypatch.setattr(_torch_incremental, "_TRACED", weakref.WeakKeyDictionary())
-    monkeypatch.setattr(_torch_incremental.Occluder, "_choose", lambda self: "incremental")
+    monkeypatch.setattr(_torch_incremental.Occluder, "_choose", lambda self, window: "incremental")
 
 
 REAL_CHOOSE = _torch_incremental.Occluder._choose
@@ -87,22 +87,24 @@ def test_an_untraceable_model_falls_back_to_brute_force_and_says_why():
     np.testing.assert_array_equal(fast.maps, brute.maps)
 
 
-def test_the_guard_keeps_brute_force_when_it_measures_faster_and_remembers(monkeypatch):
+def test_the_cost_model_decides_once_per_model_and_size_from_a_dry_run(monkeypatch):
     monkeypatch.setattr(_torch_incremental.Occluder, "_choose", REAL_CHOOSE)
-    monkeypatch.setattr(_torch_incremental, "MIN_FLOP_SAVING", 0.0)
-    monkeypatch.setattr(_torch_incremental, "MARGIN", 1e9)  # incremental can never win once warm...
     model, x = MODELS["resnet18"], images(2, 3, 64, 64, seed=2)
-    calls = []
+    runs = []
     real = _torch_incremental.IncrementalModel.run
-    monkeypatch.setattr(_torch_incremental.IncrementalModel, "run", lambda self, *a: calls.append(1) or real(self, *a))
-    timer = iter(np.arange(0.0, 1000.0, 1.0))  # ...and every call takes one "second" (so call 0 does not win)
-    monkeypatch.setattr(_torch_incremental.time, "perf_counter", lambda: next(timer))
-    fast = cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=True, batch_size=8)
-    brute = cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=False)
-    assert list(fast.extras["occlusion_engine"]) == ["brute force (measured faster)"] * 2
-    assert len(calls) == 3  # the dry run and probing calls 0 and 2; then brute force, also for the second image
-    assert _torch_incremental._TRACED[model].decisions[((3, 64, 64), (8, 8))][0] == "brute force"
-    assert rel_err(fast.maps, brute.maps) <= 1e-4
+    monkeypatch.setattr(_torch_incremental.IncrementalModel, "run", lambda self, *a: runs.append(self.dry) or real(self, *a))
+    monkeypatch.setattr(_torch_incremental, "MIN_FLOP_SAVING", 1.0)
+    monkeypatch.setattr(_torch_incremental, "MIN_WORK", 1e12)  # more multiply-adds than any window here costs
+    small = cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=True)
+    assert runs == [True]  # one dry run decided for both images
+    assert all(e.startswith("brute force (a window costs only") for e in small.extras["occlusion_engine"])
+    monkeypatch.setattr(_torch_incremental, "MIN_WORK", 0.0)
+    _torch_incremental._TRACED[model].decisions.clear()
+    fast = cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=True)
+    assert runs[1] is True and not any(runs[2:]) and len(runs) > 2
+    assert list(fast.extras["occlusion_engine"]) == ["incremental"] * 2
+    again = cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=True)
+    np.testing.assert_array_equal(again.maps, fast.maps)  # the same way, the same maps, every call
 
 
 def test_little_flop_saving_means_brute_force(monkeypatch):
@@ -110,5 +112,5 @@ def test_little_flop_saving_means_brute_force(monkeypatch):
     monkeypatch.setattr(_torch_incremental, "MIN_FLOP_SAVING", 1e9)
     model, x = MODELS["vgg11"], images(1, 3, 48, 48, seed=2)
     fast = cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=True)
-    assert fast.extras["occlusion_engine"][0].startswith("brute force (incremental saves only")
+    assert fast.extras["occlusion_engine"][0].startswith("brute force (incremental saves only")  # dry run: 1.x
     assert rel_err(fast.maps, cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=False).maps) <= 1e-4
