@@ -150,21 +150,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _publish(data: Dict[str, Any], args: Any) -> int:
-    """Write ``results/audit-<machine>.md`` and ``.json`` (the JSON unless only re-rendering), print
-    the Markdown, and with ``--update-readme`` put it into the README."""
+    """The tables from ``data``, published (the JSON too unless only re-rendering)."""
     from bench import results
 
     name = "audit-" + results.machine_name(data["machine"])
     text = _markdown(data["machine"], data["rows"], data["ray_startup_s"], args)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    files = [(".md", text)] + ([] if args.render_only else [(".json", json.dumps(data, indent=1) + "\n")])
-    for suffix, content in files:
-        with open(os.path.join(HERE, "results", name + suffix), "w") as handle:
-            handle.write(content)
-    print(text)
-    if args.update_readme:
-        results.update_readme(os.path.join(os.path.dirname(HERE), "README.md"), text, name, section="audit-bench",
-                              script="audit.py")
+    results.publish(name, text, None if args.render_only else data, "audit-bench", "audit.py", args.update_readme)
     return 0
 
 

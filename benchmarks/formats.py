@@ -78,14 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      f"{s['.pt2'] / s['module']:.2f}x | {s['ONNX']:.4f} s | {s['ONNX'] / s['module']:.2f}x |")
     text = "\n".join(lines) + "\n"
     name = "formats-" + results.machine_name(info)
-    with open(os.path.join(HERE, "results", name + ".md"), "w") as handle:
-        handle.write(text)
-    with open(os.path.join(HERE, "results", name + ".json"), "w") as handle:
-        json.dump({"machine": info, "rows": rows}, handle, indent=1)
-    print(text)
-    if args.update_readme:
-        results.update_readme(os.path.join(os.path.dirname(HERE), "README.md"), text, name, section="formats-bench",
-                              script="formats.py")
+    results.publish(name, text, {"machine": info, "rows": rows}, "formats-bench", "formats.py", args.update_readme)
     return 0
 
 

@@ -76,14 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = results.describe_machine({"torch": torch.__version__})
     text = _markdown(info, rows, args)
     name = "occlusion-" + results.machine_name(info)
-    with open(os.path.join(HERE, "results", name + ".md"), "w") as handle:
-        handle.write(text)
-    with open(os.path.join(HERE, "results", name + ".json"), "w") as handle:
-        json.dump({"machine": info, "rows": rows}, handle, indent=1)
-    print(text)
-    if args.update_readme:
-        results.update_readme(os.path.join(os.path.dirname(HERE), "README.md"), text, name, section="occlusion-bench",
-                              script="occlusion.py")
+    results.publish(name, text, {"machine": info, "rows": rows}, "occlusion-bench", "occlusion.py", args.update_readme)
     return 0
 
 

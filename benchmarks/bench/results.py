@@ -209,3 +209,19 @@ def update_readme(readme: str, text: str, machine: str, section: str = "bench", 
     with open(readme + ".tmp", "w") as f:
         f.write(before + block + after)
     os.replace(readme + ".tmp", readme)
+
+
+def publish(name: str, text: str, data: Optional[Dict[str, Any]], section: str, script: str,
+            update: bool) -> None:
+    """Write ``results/<name>.md`` (and ``.json`` unless ``data`` is None), print the Markdown, and
+    with ``update`` put it into the README's ``section``: the tail of every benchmark script."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+    os.makedirs(folder, exist_ok=True)
+    files = [(".md", text)] + ([] if data is None else [(".json", json.dumps(data, indent=1, default=str) + "\n")])
+    for suffix, content in files:
+        with open(os.path.join(folder, name + suffix), "w") as handle:
+            handle.write(content)
+    print(text)
+    if update:
+        readme = os.path.join(os.path.dirname(os.path.dirname(folder)), "README.md")
+        update_readme(readme, text, name, section=section, script=script)
