@@ -48,7 +48,7 @@ def test_incremental_maps_equal_brute_force(name, window, stride, baseline):
     fill = {0.0: 0.0, "channels": np.array([0.5, -0.2, 0.1], np.float32),
             "image": np.random.default_rng(1).standard_normal((3, size, size)).astype(np.float32)}[baseline]
     model = MODELS[name]
-    brute = cnnlens.explain(model, x, "occlusion", window=window, stride=stride, baseline=fill)
+    brute = cnnlens.explain(model, x, "occlusion", window=window, stride=stride, baseline=fill, incremental=False)
     fast = cnnlens.explain(model, x, "occlusion", window=window, stride=stride, baseline=fill, incremental=True)
     assert list(fast.extras["occlusion_engine"]) == ["incremental", "incremental"]
     assert list(brute.extras["occlusion_engine"]) == ["brute force", "brute force"]
@@ -82,7 +82,7 @@ class Untraceable(nn.Module):
 def test_an_untraceable_model_falls_back_to_brute_force_and_says_why():
     x = images(2, 3, 32, 32, seed=1)
     fast = cnnlens.explain(Untraceable().eval(), x, "occlusion", window=8, stride=4, incremental=True)
-    brute = cnnlens.explain(Untraceable().eval(), x, "occlusion", window=8, stride=4)
+    brute = cnnlens.explain(Untraceable().eval(), x, "occlusion", window=8, stride=4, incremental=False)
     assert all(e.startswith("brute force: torch.fx cannot trace the model") for e in fast.extras["occlusion_engine"])
     np.testing.assert_array_equal(fast.maps, brute.maps)
 
@@ -114,3 +114,20 @@ def test_little_flop_saving_means_brute_force(monkeypatch):
     fast = cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=True)
     assert fast.extras["occlusion_engine"][0].startswith("brute force (incremental saves only")  # dry run: 1.x
     assert rel_err(fast.maps, cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=False).maps) <= 1e-4
+
+
+def test_an_nhwc_model_runs_brute_force_and_says_why():
+    class Permuting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = MODELS["resnet18"]
+
+        def forward(self, x):  # (N, H, W, C) in
+            return self.inner(x.permute(0, 3, 1, 2))
+
+    x = images(1, 3, 64, 64, seed=4)
+    backend = cnnlens.load(Permuting().eval(), layout="NHWC")
+    fast = cnnlens.explain(backend, x, "occlusion", window=8, stride=4, incremental=True)
+    assert fast.extras["occlusion_engine"][0] == "brute force: the model takes NHWC images"
+    brute = cnnlens.explain(MODELS["resnet18"], x, "occlusion", window=8, stride=4, incremental=False)
+    assert rel_err(fast.maps, brute.maps) <= 1e-5  # the layout never changes the map

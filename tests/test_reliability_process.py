@@ -148,7 +148,8 @@ class Recorder:
 # case: (method, options, images, where the tripwire fires, at which call)
 INTERRUPTS = {
     # forward calls: 1 = the clean logits, 2 = the first batch of 4 windows, 3 = the second: interrupted
-    "occlusion": ("occlusion", dict(window=8, stride=4, batch_size=4), 1, "forward", 3),
+    # brute force: its passes are the model's forward calls the tripwire counts
+    "occlusion": ("occlusion", dict(window=8, stride=4, batch_size=4, incremental=False), 1, "forward", 3),
     # forward calls: 1 = the activations, 2 = the first 4 masked images, 3 = the next 4: interrupted
     "scorecam": ("scorecam", dict(layer="conv2", batch_size=4), 2, "forward", 3),
     # backward passes over 2 + 2 images: the second is interrupted
@@ -521,7 +522,7 @@ def _measure(big, method, **options):
 
 def test_occlusion_memory_is_bounded_by_the_batch(big, record_property):
     # 64 windows in 16 batches of 4: all 64 occluded images at once would be 64 images
-    exp, peak = _measure(big, "occlusion", window=128, stride=128, batch_size=4)
+    exp, peak = _measure(big, "occlusion", window=128, stride=128, batch_size=4, incremental=False)
     record_property("occlusion_b4_peak_images", peak / IMAGE_BYTES)
     assert exp.maps.shape == (1, SIDE, SIDE)
     assert peak < (4 + 6) * IMAGE_BYTES + SLACK
@@ -530,9 +531,10 @@ def test_occlusion_memory_is_bounded_by_the_batch(big, record_property):
 
 
 def test_occlusion_memory_follows_batch_size(big, record_property):
-    """The measurement sees the batches: 16 windows in batches of 2 or of 8."""
-    _, small = _measure(big, "occlusion", window=256, stride=256, batch_size=2)
-    _, large = _measure(big, "occlusion", window=256, stride=256, batch_size=8)
+    """The measurement sees the batches: 16 windows in batches of 2 or of 8 (brute force's occluded
+    copies are NumPy arrays; the incremental way holds its regions in torch, not NumPy)."""
+    _, small = _measure(big, "occlusion", window=256, stride=256, batch_size=2, incremental=False)
+    _, large = _measure(big, "occlusion", window=256, stride=256, batch_size=8, incremental=False)
     record_property("occlusion_b2_peak_images", small / IMAGE_BYTES)
     record_property("occlusion_b8_peak_images", large / IMAGE_BYTES)
     assert large > small + 6 * IMAGE_BYTES  # at least one image per extra batch item

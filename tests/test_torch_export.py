@@ -55,7 +55,7 @@ def _models():
 
 
 MODELS = _models()
-OPTIONS = {"occlusion": {"window": 16, "stride": 16}, "rise": {"masks": 16}, "smoothgrad": {"samples": 2},
+OPTIONS = {"occlusion": {"window": 16, "stride": 16, "incremental": False},  # the formats, not the engines "rise": {"masks": 16}, "smoothgrad": {"samples": 2},
            "integrated_gradients": {"steps": 4}}
 
 

@@ -105,12 +105,13 @@ def _incremental_flag(value: Any) -> bool:
     Option("window", None, "window side in pixels (1/14 of the shorter side)", None, int),
     Option("stride", None, "step in pixels (half the window)", None, int),
     BASELINE,
-    Option("incremental", False, "recompute only what each window changes, where the backend can (torch modules "
-           "torch.fx traces; the same maps to float rounding)", _incremental_flag, None),
+    Option("incremental", True, "recompute only what each window changes, where the backend can and the cost "
+           "model says it pays (torch modules torch.fx traces; the same maps to float rounding); False: brute force",
+           _incremental_flag, None),
 ])
 def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
               window: Union[int, Tuple[int, int], None] = None, stride: Union[int, Tuple[int, int], None] = None,
-              baseline: Union[float, np.ndarray] = 0.0, incremental: bool = False,
+              baseline: Union[float, np.ndarray] = 0.0, incremental: bool = True,
               batch_size: Optional[int] = None) -> Explanation:
     """Occlusion (Zeiler & Fergus 2014): the mean drop of ``y_c`` over the windows covering each pixel.
 
@@ -118,9 +119,7 @@ def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec,
     Windows cover all channels; ``baseline`` is a number, one value per channel, or a (C, H, W) array.
     ``incremental``: on a backend that can (torch modules fx can trace), each layer recomputes only
     the region a window changes, from the clean image's cached activations: the same scores, less
-    work; where it would not pay, brute force runs (measured on the first windows, remembered per
-    model and image size). Opt-in for now (see the README: the first call on a model whose saving
-    is small pays for the probe).
+    work; where the cost model (a dry run per model and size) says it would not pay, brute force runs.
     ``exp.extras["occlusion_engine"]`` says per image what ran ("incremental", "brute force",
     "brute force (...)" when it measured no faster, or "brute force: <why>" when it could not).
     """
@@ -141,8 +140,8 @@ def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec,
     with progress.task("occlusion", len(owners)) as advance:
         if incremental and INCREMENTAL in backend.capabilities:
             for i in range(len(x)):
-                done[i], engines[i] = _occlude_incrementally(backend, x, i, grid, fill, batch, goal, clean, drops,
-                                                             advance)
+                done[i], engines[i] = _occlude_incrementally(backend, x, i, grid, fill, batch, batch_size is not None,
+                                                             goal, clean, drops, advance)
         todo = np.flatnonzero(~done)
         rows = np.flatnonzero(np.isin(owners, todo))
         for sl in batches(len(rows), batch):
@@ -156,16 +155,20 @@ def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec,
 
 
 def _occlude_incrementally(backend: Backend, x: np.ndarray, i: int, grid: OcclusionGrid, fill: np.ndarray,
-                           batch: int, goal: Any, clean: np.ndarray, drops: np.ndarray, advance: Any) -> Tuple[bool, str]:
+                           batch: int, explicit: bool, goal: Any, clean: np.ndarray, drops: np.ndarray,
+                           advance: Any) -> Tuple[bool, str]:
     """Image ``i``'s score drops (into ``drops``) from the backend's occluder: (True, what ran), or
     (False, "brute force: <why>") when the backend cannot do it for this model (nothing done)."""
     score, reason = backend.occluder(x[i])  # type: ignore[attr-defined]
     if score is None:
         return False, f"brute force: {reason}"
     positions = len(grid)
+    # the caller's batch_size when given; else up to 4x the backend's choice (an incremental pass
+    # holds little but the layers past its regions), at most the occluder's own preference
+    per_pass = batch if explicit else max(batch, min(getattr(score, "batch", batch), 4 * batch))
     full = np.broadcast_to(fill, x.shape[1:])
     (wh, ww), owner = grid.window, np.full(positions, i)
-    for sl in batches(positions, max(batch, getattr(score, "batch", batch))):
+    for sl in batches(positions, per_pass):
         r, c = np.divmod(np.arange(sl.start, sl.stop), len(grid.cols))
         top, left = grid.rows[r], grid.cols[c]
         values = np.stack([full[:, t:t + wh, l:l + ww] for t, l in zip(top, left)])
