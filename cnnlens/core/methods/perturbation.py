@@ -101,13 +101,21 @@ def _incremental_flag(value: Any) -> bool:
     return bool(value)
 
 
+def _yes_no(text: str) -> bool:
+    """The command line's ``--incremental yes|no``."""
+    words = {"yes": True, "true": True, "1": True, "on": True, "no": False, "false": False, "0": False, "off": False}
+    if text.lower() not in words:
+        raise InvalidInputError(f"--incremental takes yes or no, got {text!r}")
+    return words[text.lower()]
+
+
 @register("occlusion", needs=["forward"], kind=CAM, options=[
     Option("window", None, "window side in pixels (1/14 of the shorter side)", None, int),
     Option("stride", None, "step in pixels (half the window)", None, int),
     BASELINE,
     Option("incremental", True, "recompute only what each window changes, where the backend can and the cost "
            "model says it pays (torch modules torch.fx traces; the same maps to float rounding); False: brute force",
-           _incremental_flag, None),
+           _incremental_flag, _yes_no),
 ])
 def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
               window: Union[int, Tuple[int, int], None] = None, stride: Union[int, Tuple[int, int], None] = None,
