@@ -56,8 +56,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         backend = cnnlens.load(model)
         settings = dict(window=window, stride=stride)
         first = cnnlens.explain(backend, x, "occlusion", incremental=True, **settings)  # traces, probes, decides
-        traced = _torch_incremental._TRACED[model]
-        saving = traced.flops["full"] / traced.flops["incremental"]
+        full, incremental = _torch_incremental._TRACED[model].flops[((3, size, size), (window, window))]
+        saving = full / incremental
         brute, fast = [], []
         for _ in range(args.repeats):  # alternate, so a slow spell of a shared machine hits both
             brute.append(_timed(lambda: cnnlens.explain(backend, x, "occlusion", incremental=False, **settings)))

@@ -21,10 +21,10 @@ def always_incremental(monkeypatch):
     """The guard may pick brute force (a busy machine, a small image); these tests check the
     incremental path, each with fresh traces and no decision remembered."""
     monkeypatch.setattr(_torch_incremental, "_TRACED", weakref.WeakKeyDictionary())
-    monkeypatch.setattr(_torch_incremental.Occluder, "_choose", lambda self, window: "incremental")
+    monkeypatch.setattr(_torch_incremental, "_decide", lambda traced, key, cache: "incremental")
 
 
-REAL_CHOOSE = _torch_incremental.Occluder._choose
+REAL_DECIDE = _torch_incremental._decide
 
 
 def _models():
@@ -88,11 +88,13 @@ def test_an_untraceable_model_falls_back_to_brute_force_and_says_why():
 
 
 def test_the_cost_model_decides_once_per_model_and_size_from_a_dry_run(monkeypatch):
-    monkeypatch.setattr(_torch_incremental.Occluder, "_choose", REAL_CHOOSE)
+    monkeypatch.setattr(_torch_incremental, "_decide", REAL_DECIDE)
     model, x = MODELS["resnet18"], images(2, 3, 64, 64, seed=2)
-    runs = []
-    real = _torch_incremental.IncrementalModel.run
-    monkeypatch.setattr(_torch_incremental.IncrementalModel, "run", lambda self, *a: runs.append(self.dry) or real(self, *a))
+    runs = []  # True for a dry run (the cost model's), False for a real one
+    real, dry = _torch_incremental.IncrementalModel.run, _torch_incremental.IncrementalModel.flop_counts
+    monkeypatch.setattr(_torch_incremental.IncrementalModel, "run", lambda self, *a: runs.append(False) or real(self, *a))
+    monkeypatch.setattr(_torch_incremental.IncrementalModel, "flop_counts",
+                        lambda self, *a: runs.append(True) or dry(self, *a))
     monkeypatch.setattr(_torch_incremental, "MIN_FLOP_SAVING", 1.0)
     monkeypatch.setattr(_torch_incremental, "MIN_WORK", 1e12)  # more multiply-adds than any window here costs
     small = cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=True)
@@ -108,7 +110,7 @@ def test_the_cost_model_decides_once_per_model_and_size_from_a_dry_run(monkeypat
 
 
 def test_little_flop_saving_means_brute_force(monkeypatch):
-    monkeypatch.setattr(_torch_incremental.Occluder, "_choose", REAL_CHOOSE)
+    monkeypatch.setattr(_torch_incremental, "_decide", REAL_DECIDE)
     monkeypatch.setattr(_torch_incremental, "MIN_FLOP_SAVING", 1e9)
     model, x = MODELS["vgg11"], images(1, 3, 48, 48, seed=2)
     fast = cnnlens.explain(model, x, "occlusion", window=8, stride=4, incremental=True)

@@ -39,6 +39,7 @@ class _Group:
     labels: Optional[np.ndarray] = None  # cluster of each of ``rows``
     sums: Optional[np.ndarray] = None    # (clusters, S, S) map sums
     picked: Dict[int, np.ndarray] = field(default_factory=dict)  # position -> map, for examples
+    listed: List[int] = field(default_factory=list)  # positions the report lists (box, border)
 
 
 def _dataset(folder: str) -> Any:
@@ -115,7 +116,9 @@ def _assign(wave: List[_Group], dataset: Any, light: Dict[str, np.ndarray], map_
         group.sums = np.zeros((max(group.model.n_clusters, 1), map_size, map_size))
         fitted = np.searchsorted(group.rows, group.sample)
         group.labels[fitted] = group.model.labels
-    listed = {int(p) for g in wave for p in _listed_rows(g, light)}
+    for group in wave:
+        group.listed = _listed_rows(group, light)
+    listed = {int(p) for g in wave for p in g.listed}
     for start, batch in _batches(dataset, ["map"]):
         stop = start + batch.num_rows
         maps = None
@@ -174,7 +177,7 @@ def _summary(group: _Group, light: Dict[str, np.ndarray], files: Dict[str, str],
         mean = (group.sums[k] / max(size, 1)).astype(np.float32)
         typical = sorted(members[k], key=lambda p: float(np.square(group.picked[p] - mean).sum()))[:EXAMPLES]
         clusters.append(ClusterSummary(k, size, mean, [_example(p, group, light, files, names) for p in typical]))
-    listed = _listed_rows(group, light)
+    listed = group.listed
     boxed = int((~np.isnan(light["energy_in_box"][group.rows].astype(np.float64))).sum())
     split = min(boxed, LISTED)
     return GroupSummary(

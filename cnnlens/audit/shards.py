@@ -14,7 +14,7 @@ import glob
 import json
 import os
 import shutil
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Sequence, Set
 
 from ..adapters.export import atomic_path
 from ..core.errors import InvalidInputError
@@ -123,7 +123,3 @@ def pending(items: Sequence[Any], shard_size: int, done: Set[int]) -> Dict[int, 
         if shard not in done:
             out.setdefault(shard, []).append(item)
     return out
-
-
-def optional(value: Optional[Any]) -> Any:
-    return value

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .torch import evaluating
+
 #: A changed region covering more than this share of a layer's output map is computed as a
 #: whole batch from there on (measured: below it, the gathers and the smaller convolutions win).
 FULL_FRACTION = 0.55
@@ -118,7 +120,11 @@ def _run_window(module: nn.Module, crop: torch.Tensor) -> torch.Tensor:
 
 
 class IncrementalModel:
-    """A traced model that scores batches of occluded copies of one image incrementally."""
+    """A traced model that scores batches of occluded copies of one image incrementally.
+
+    It holds what does not change between runs (the graph, the modules, the decisions taken per
+    image size and window); each run's state lives in its own :class:`_Pass`, so threads may
+    share the model."""
 
     def __init__(self, model: nn.Module, full_fraction: float = FULL_FRACTION):
         try:
@@ -127,14 +133,10 @@ class IncrementalModel:
             raise NotIncremental(f"torch.fx cannot trace the model ({type(error).__name__}: {error})") from None
         self.modules = dict(self.graph.named_modules())
         self.full_fraction = full_fraction
-        self.channels_last = False  # set by the caller to match its brute force
-        #: a dry run computes regions and FLOP counts only (no convolution, no materialised batch)
-        self.dry = False
-        #: (image shape, window shape) -> the way chosen for it and why: later images skip the probe
-        self.decisions: Dict[Tuple[Any, ...], Tuple[str, str]] = {}
-        #: multiply-adds of the convolutions and linear maps per window in the last run: as run, and as
-        #: brute force would have run them
-        self.flops = {"incremental": 0.0, "full": 0.0}
+        #: (image shape, window shape) -> what runs for it ("incremental" or "brute force (why)")
+        self.decisions: Dict[Tuple[Any, ...], str] = {}
+        #: (image shape, window shape) -> multiply-adds per window (brute force, incremental)
+        self.flops: Dict[Tuple[Any, ...], Tuple[float, float]] = {}
 
     def clean(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Every node's output for the clean image ``x`` (1, C, H, W)."""
@@ -152,17 +154,39 @@ class IncrementalModel:
         interpreter.run(x)
         return cache
 
-    def run(self, cache: Dict[str, Any], top: torch.Tensor, left: torch.Tensor, patch: torch.Tensor) -> Any:
+    def run(self, cache: Dict[str, Any], top: torch.Tensor, left: torch.Tensor, patch: torch.Tensor,
+            channels_last: bool = False) -> Any:
         """The model's output for the batch of ``cache``'s image with ``patch[b]`` (B, C, h, w) at
         (top[b], left[b])."""
+        return _Pass(self, cache, channels_last, dry=False).run(top, left, patch)
+
+    def flop_counts(self, cache: Dict[str, Any], window: Tuple[int, int]) -> Tuple[float, float]:
+        """(brute force, incremental) multiply-adds of one window of this size: a dry run of one
+        window in the middle (region arithmetic only; nothing is convolved)."""
+        shape = cache[next(iter(self.graph.graph.nodes)).name].shape
+        top = torch.tensor([(int(shape[2]) - window[0]) // 2])
+        left = torch.tensor([(int(shape[3]) - window[1]) // 2])
+        dry = _Pass(self, cache, channels_last=False, dry=True)
+        with torch.no_grad():
+            dry.run(top, left, torch.zeros((1, int(shape[1])) + tuple(window)))
+        return dry.flops["full"], dry.flops["incremental"]
+
+
+class _Pass:
+    """One run through the graph: its cache, layout, whether it is dry (regions and FLOP counts
+    only: no convolution, no materialised batch) and the FLOPs it counted."""
+
+    def __init__(self, model: IncrementalModel, cache: Dict[str, Any], channels_last: bool, dry: bool):
+        self.model, self.cache, self.channels_last, self.dry = model, cache, channels_last, dry
+        self.flops = {"incremental": 0.0, "full": 0.0}
+
+    def run(self, top: torch.Tensor, left: torch.Tensor, patch: torch.Tensor) -> Any:
         env: Dict[str, Any] = {}
         output = None
-        self.flops = {"incremental": 0.0, "full": 0.0}
-        self.moved = 0.0  # elements copied per window (crops, unions, materialised batches)
-        self._dry_cache = cache
-        for node in self.graph.graph.nodes:
-            if node.op == "call_module" and isinstance(self.modules[node.target], (nn.Conv2d, nn.Linear)):
-                self._count_full(self.modules[node.target], cache[node.name])
+        modules, cache = self.model.modules, self.cache
+        for node in self.model.graph.graph.nodes:
+            if self.dry and node.op == "call_module" and isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
+                self._count_full(modules[node.target], cache[node.name])
             if node.op == "placeholder":
                 env[node.name] = Patched(cache[node.name], top, left, patch)
             elif node.op == "output":
@@ -170,50 +194,33 @@ class IncrementalModel:
             elif node.op == "get_attr":
                 env[node.name] = cache[node.name]
             else:
-                env[node.name] = self._node(node, env, cache)
+                env[node.name] = self._node(node, env)
         return output
-
-    def flop_saving(self, cache: Dict[str, Any], window: Tuple[int, int]) -> float:
-        """How many times fewer multiply-adds a window of this size costs than brute force: a dry
-        run of one window in the middle (region arithmetic only; nothing is convolved)."""
-        shape = cache[next(iter(self.graph.graph.nodes)).name].shape
-        top = torch.tensor([(int(shape[2]) - window[0]) // 2])
-        left = torch.tensor([(int(shape[3]) - window[1]) // 2])
-        self.dry = True
-        try:
-            with torch.no_grad():
-                self.run(cache, top, left, torch.zeros((1, int(shape[1])) + tuple(window)))
-        finally:
-            self.dry = False
-        return self.flops["full"] / max(self.flops["incremental"], 1.0)
 
     def _whole(self, value: Any) -> Any:
         if not isinstance(value, Patched):
             return value
-        if self.dry:
-            return value.base
-        self.moved += value.base.numel()
-        return materialise(value, self.channels_last)
+        return value.base if self.dry else materialise(value, self.channels_last)
 
     def _fallback(self, node: Any, env: Dict[str, Any]) -> Any:
-        if self.dry and node.op != "get_attr":
-            return self._dry_cache[node.name]
+        if self.dry:
+            return self.cache[node.name]
         args = torch.fx.node.map_arg(node.args, lambda n: self._whole(env[n.name]))
         kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: self._whole(env[n.name]))
         if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
+            return self.model.modules[node.target](*args, **kwargs)
         if node.op == "call_function":
             return node.target(*args, **kwargs)
         obj, *rest = args
         return getattr(obj, node.target)(*rest, **kwargs)
 
-    def _node(self, node: Any, env: Dict[str, Any], cache: Dict[str, Any]) -> Any:
+    def _node(self, node: Any, env: Dict[str, Any]) -> Any:
         inputs = [env[n.name] for n in node.all_input_nodes]
         if not any(isinstance(v, Patched) for v in inputs):
             return self._fallback(node, env)
-        base = cache[node.name]
+        base = self.cache[node.name]
         if node.op == "call_module":
-            module = self.modules[node.target]
+            module = self.model.modules[node.target]
             value = env[node.args[0].name] if node.args and hasattr(node.args[0], "name") else None
             if isinstance(value, Patched) and len(node.all_input_nodes) == 1 and not node.kwargs:
                 if isinstance(module, _POINTWISE_MODULES) and not module.training:
@@ -251,31 +258,27 @@ class IncrementalModel:
             first = torch.div(start + p - reach + s - 1, s, rounding_mode="floor")  # ceil
             size = (length - 1 + reach) // s + 1
             if size >= out_size[axis]:
-                return self._fallback_module(module, value, base)
+                return self._whole_module(module, value, base)
             first = first.clamp(0, out_size[axis] - size)
             starts.append(first)
             sizes.append(size)
             crop_starts.append(first * s - p)
             crop_sizes.append((size - 1) * s + reach + 1)
-        if sizes[0] * sizes[1] > self.full_fraction * out_size[0] * out_size[1]:
-            return self._fallback_module(module, value, base)
-        fill = float("-inf") if isinstance(module, nn.MaxPool2d) else 0.0
-        pad = max(padding)
-        self.moved += value.base.shape[1] * crop_sizes[0] * crop_sizes[1]
-        self._count(module, value.base, sizes, out_size)
+        if sizes[0] * sizes[1] > self.model.full_fraction * out_size[0] * out_size[1]:
+            return self._whole_module(module, value, base)
         if self.dry:
+            if isinstance(module, nn.Conv2d):  # its saving off the full count (added by _count_full)
+                saved = int(out_size[0]) * int(out_size[1]) - sizes[0] * sizes[1]
+                self.flops["incremental"] -= module.weight.numel() * saved
             return Patched(base, starts[0], starts[1], base.new_zeros((len(value.top), base.shape[1]) + tuple(sizes)))
-        crop = _gather(value.base, value, crop_starts[0], crop_starts[1], (crop_sizes[0], crop_sizes[1]), pad, fill,
-                       self.channels_last)
+        fill = float("-inf") if isinstance(module, nn.MaxPool2d) else 0.0
+        crop = _gather(value.base, value, crop_starts[0], crop_starts[1], (crop_sizes[0], crop_sizes[1]), max(padding),
+                       fill, self.channels_last)
         return Patched(base, starts[0], starts[1], _run_window(module, crop))
 
-    def _fallback_module(self, module: nn.Module, value: Patched, base: torch.Tensor) -> torch.Tensor:
+    def _whole_module(self, module: nn.Module, value: Patched, base: torch.Tensor) -> torch.Tensor:
+        """``module`` on the whole batch (in a dry run, the clean output stands for it)."""
         return base if self.dry else module(self._whole(value))
-
-    def _count(self, module: nn.Module, inp: torch.Tensor, sizes: List[int], out_size: Any) -> None:
-        """A convolution run on a region: its saving off the full count (added by ``_count_full``)."""
-        if isinstance(module, nn.Conv2d):
-            self.flops["incremental"] -= module.weight.numel() * (int(out_size[0]) * int(out_size[1]) - sizes[0] * sizes[1])
 
     def _count_full(self, module: nn.Module, output: torch.Tensor) -> None:
         pixels = int(output.shape[2] * output.shape[3]) if output.ndim == 4 else 1
@@ -285,23 +288,20 @@ class IncrementalModel:
 
     def _union(self, parts: List[Any], base: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]]:
         """Each part over the union of the parts' regions (one size for the batch), or None when
-        that covers most of the map or a part is not a (1, C, H, W)-based value of base's size."""
+        that covers most of the map or a part is not a Patched value of base's size."""
         shape = base.shape[2:]
         # a whole tensor here is a batch already materialised (even of one window): not mergeable
         if any(not isinstance(p, Patched) or p.base.shape[2:] != shape for p in parts):
             return None
-        patched = list(parts)
-        top = torch.stack([p.top for p in patched]).min(dim=0).values
-        left = torch.stack([p.left for p in patched]).min(dim=0).values
-        bottom = torch.stack([p.top + p.patch.shape[2] for p in patched]).max(dim=0).values
-        right = torch.stack([p.left + p.patch.shape[3] for p in patched]).max(dim=0).values
+        top = torch.stack([p.top for p in parts]).min(dim=0).values
+        left = torch.stack([p.left for p in parts]).min(dim=0).values
+        bottom = torch.stack([p.top + p.patch.shape[2] for p in parts]).max(dim=0).values
+        right = torch.stack([p.left + p.patch.shape[3] for p in parts]).max(dim=0).values
         h, w = int((bottom - top).max()), int((right - left).max())
-        if h > shape[0] or w > shape[1] or h * w > self.full_fraction * shape[0] * shape[1]:
+        if h > shape[0] or w > shape[1] or h * w > self.model.full_fraction * shape[0] * shape[1]:
             return None
         top, left = top.clamp(max=shape[0] - h), left.clamp(max=shape[1] - w)
-        crops = [_gather(p.base, p, top, left, (h, w), 0, 0.0, self.channels_last) for p in parts]
-        self.moved += sum(p.base.shape[1] for p in parts) * h * w
-        return top, left, crops
+        return top, left, [_gather(p.base, p, top, left, (h, w), 0, 0.0, self.channels_last) for p in parts]
 
     def _merge(self, operands: List[Any], base: torch.Tensor) -> Optional[Patched]:
         """``a + b`` of two Patched values, or of one and a number."""
@@ -317,8 +317,6 @@ class IncrementalModel:
 
 
 # ---------------------------------------------------------------- the backend's occluder
-
-from .torch import evaluating  # noqa: E402 - the torch backend imports this module lazily
 
 _TRACED: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()
 _TRACED_LOCK = threading.Lock()
@@ -338,28 +336,32 @@ def _traced(model: nn.Module) -> Any:
     return found
 
 
-class Occluder:
-    """Scores occluded copies of one image incrementally, or by brute force where the cost model
-    says that is not faster.
+def _decide(traced: IncrementalModel, key: Tuple[Any, ...], cache: Dict[str, Any]) -> str:
+    """The cost model: "incremental", or "brute force (why)". Taken once per model, image size and
+    window from a dry run of one window: the incremental way runs when it saves at least
+    :data:`MIN_FLOP_SAVING` times the multiply-adds and a window's brute-force pass costs at least
+    :data:`MIN_WORK` of them (below that, the per-layer bookkeeping outweighs what is saved). Both
+    thresholds were measured with ``benchmarks/occlusion.py``. The rule depends on the model and
+    sizes only, so the same call always runs the same way and gives the same maps."""
+    full, incremental = traced.flop_counts(cache, key[1])
+    traced.flops[key] = (full, incremental)
+    saving = full / max(incremental, 1.0)
+    if saving < MIN_FLOP_SAVING:
+        return f"brute force (incremental saves only {saving:.2f}x the FLOPs)"
+    if full < MIN_WORK:
+        return f"brute force (a window costs only {full / 1e6:.0f} M multiply-adds)"
+    return "incremental"
 
-    The cost model runs once per model, image size and window (a dry run of one window: region
-    arithmetic and FLOP counts, nothing convolved): the incremental way is taken when it saves at
-    least :data:`MIN_FLOP_SAVING` times the multiply-adds and a window's brute-force pass costs at
-    least :data:`MIN_WORK` of them (below that, the per-layer bookkeeping outweighs what is
-    saved). Both thresholds were measured on this project's benchmark (``benchmarks/occlusion.py``).
-    The rule depends on the model and sizes only, so the same call always runs the same way and
-    gives the same maps. ``batch``: the windows per incremental call (larger than brute force's
-    batches: the per-call overhead is what an incremental pass pays most)."""
+
+class Occluder:
+    """Scores occluded copies of one image incrementally. ``batch``: the windows per call it
+    wants (larger than brute force's batches: the per-call overhead is what an incremental pass
+    pays most)."""
 
     batch = 32
 
-    def __init__(self, backend: Any, traced: IncrementalModel, image: np.ndarray):
-        self.backend, self.traced = backend, traced
-        self.x = backend._input(image[None])
-        traced.channels_last = bool(backend.channels_last)
-        with torch.no_grad(), evaluating(backend.model):
-            self.cache = traced.clean(self.x)
-        self.engine = "incremental"
+    def __init__(self, backend: Any, traced: IncrementalModel, x: torch.Tensor, cache: Dict[str, Any]):
+        self.backend, self.traced, self.x, self.cache = backend, traced, x, cache
 
     def __call__(self, top: np.ndarray, left: np.ndarray, values: np.ndarray) -> np.ndarray:
         """The outputs for the image with ``values[b]`` (B, C, h, w) at (top[b], left[b])."""
@@ -367,45 +369,31 @@ class Occluder:
         top_t = torch.as_tensor(np.asarray(top), dtype=torch.long, device=device)
         left_t = torch.as_tensor(np.asarray(left), dtype=torch.long, device=device)
         patch = torch.as_tensor(np.ascontiguousarray(values), dtype=self.x.dtype, device=device)
-        way = self._choose(tuple(np.shape(values)[2:]))
         with torch.no_grad(), evaluating(self.backend.model):
-            out = self._brute(top_t, left_t, patch) if way == "brute force" else \
-                self.backend._scores(self.traced.run(self.cache, top_t, left_t, patch))
-        return out.detach().to("cpu").float().numpy()
-
-    def _brute(self, top: torch.Tensor, left: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
-        """Brute force, in the backend's own batches."""
-        step = max(1, self.backend.batch_size("forward", tuple(self.x.shape[1:])))
-        layout = torch.channels_last if self.backend.channels_last else torch.contiguous_format
-        parts = []
-        for k in range(0, len(top), step):
-            images = materialise(Patched(self.x, top[k:k + step], left[k:k + step], patch[k:k + step]))
-            parts.append(self.backend._scores(self.backend._run(images.contiguous(memory_format=layout))))
-        return torch.cat(parts)
-
-    def _choose(self, window: Tuple[int, ...]) -> str:
-        key = (tuple(self.x.shape[1:]), window)
-        decided = self.traced.decisions.get(key)
-        if decided is None:
-            with evaluating(self.backend.model):
-                saving = self.traced.flop_saving(self.cache, window)  # type: ignore[arg-type]
-            work = self.traced.flops["full"]
-            if saving < MIN_FLOP_SAVING:
-                decided = ("brute force", f"brute force (incremental saves only {saving:.2f}x the FLOPs)")
-            elif work < MIN_WORK:
-                decided = ("brute force", f"brute force (a window costs only {work / 1e6:.0f} M multiply-adds)")
-            else:
-                decided = ("incremental", "incremental")
-            self.traced.decisions[key] = decided
-        way, self.engine = decided
-        return way
+            out = self.traced.run(self.cache, top_t, left_t, patch, bool(self.backend.channels_last))
+            scores = self.backend._scores(out)
+        return scores.detach().to("cpu").float().numpy()
 
 
-def occluder_for(backend: Any, image: np.ndarray) -> Tuple[Optional[Occluder], str]:
-    """(an Occluder for ``image`` (C, H, W), "") or (None, why brute force must be used)."""
+def occluder_for(backend: Any, image: np.ndarray, window: Tuple[int, int]) -> Tuple[Optional[Occluder], str]:
+    """(an Occluder for ``image`` (C, H, W) and windows of ``window``, "incremental"), or (None,
+    what runs instead and why: "brute force: <why not possible>" or "brute force (<why not worth it>)").
+    The clean pass runs only when the incremental way will, or the cost model needs it."""
     if backend.layout == "NHWC":
-        return None, "the model takes NHWC images"
+        return None, "brute force: the model takes NHWC images"
     traced = _traced(backend.model)
     if isinstance(traced, str):
-        return None, traced
-    return Occluder(backend, traced, image), ""
+        return None, f"brute force: {traced}"
+    x = backend._input(image[None])
+    key = (tuple(x.shape[1:]), tuple(int(v) for v in window))
+    with torch.no_grad(), evaluating(backend.model):
+        decided = traced.decisions.get(key)
+        cache = None
+        if decided is None:
+            cache = traced.clean(x)
+            decided = traced.decisions.setdefault(key, _decide(traced, key, cache))
+        if decided != "incremental":
+            return None, decided
+        if cache is None:
+            cache = traced.clean(x)
+    return Occluder(backend, traced, x, cache), decided

@@ -16,13 +16,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from ..core.errors import InvalidInputError, LayerError, ModelError, unknown_layer
 from ..core.types import Layer, Pass
 from . import base
+from ._torch_head import HeadRecorder
 from ._torch_relu import ReluRuleMode
 from ._torch_replace import run_replaced
 
@@ -535,13 +534,14 @@ class TorchBackend:
             return f"Its first convolution takes {channels} channels, the images have {x.shape[1]}: convert them"
         return "Check that the images have the size, channels and preprocessing the model expects"
 
-    def occluder(self, image: np.ndarray) -> Tuple[Optional[Callable[..., np.ndarray]], str]:
-        """``(score, "")``: ``score(top, left, values)`` gives the outputs for ``image`` (C, H, W) with
-        ``values[b]`` pasted at (top[b], left[b]), computed incrementally (``_torch_incremental``);
-        or ``(None, reason)`` when this model must be occluded by brute force."""
+    def occluder(self, image: np.ndarray, window: Tuple[int, int]) -> Tuple[Optional[Callable[..., np.ndarray]], str]:
+        """``(score, "incremental")``: ``score(top, left, values)`` gives the outputs for ``image``
+        (C, H, W) with ``values[b]`` pasted at (top[b], left[b]), computed incrementally
+        (``_torch_incremental``); or ``(None, "brute force...: why")`` when brute force must or
+        should run for this model, image size and window."""
         from ._torch_incremental import occluder_for
 
-        return occluder_for(self, np.asarray(image, dtype=np.float32))
+        return occluder_for(self, np.asarray(image, dtype=np.float32), window)
 
     def _scores(self, output: Any) -> torch.Tensor:
         return _scores(output, self.output, self.model)
@@ -621,7 +621,7 @@ class TorchBackend:
 
     def linear_head(self, x: np.ndarray, layer: Optional[str] = None):
         """Find GAP -> linear at the end of the model by watching the functions it calls."""
-        recorder = _HeadRecorder()
+        recorder = HeadRecorder()
         modules = self._modules()
         with self._call([], grad=False), torch.no_grad():
             outputs: Dict[str, torch.Tensor] = {}
@@ -659,45 +659,3 @@ class TorchBackend:
                     )
                 used = name
             return _numpy(logits), _numpy(pooled), _numpy(weight), used
-
-
-_ATEN = torch.ops.aten
-# global average pools and linear maps, as Python calls and as a torch.export graph's ATen calls
-_POOLS = {F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean, torch.Tensor.mean, _ATEN.adaptive_avg_pool2d.default,
-          _ATEN._adaptive_avg_pool2d.default, _ATEN.avg_pool2d.default, _ATEN.mean.dim}
-_LINEARS = {F.linear, _ATEN.linear.default}
-
-
-class _HeadRecorder(TorchFunctionMode):
-    """Records global average pools and linear maps the forward pass calls."""
-
-    def __init__(self):
-        super().__init__()
-        self.pools: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        self.linears: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func in _POOLS and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
-            if isinstance(out, torch.Tensor) and out.shape[:2] == args[0].shape[:2] and out[0, 0].numel() == 1:
-                self.pools.append((args[0], out))
-        elif func in _LINEARS and isinstance(out, torch.Tensor):
-            weight = args[1] if len(args) > 1 else kwargs["weight"]
-            self.linears.append((args[0] if args else kwargs["input"], weight, out))
-        elif func is _ATEN.addmm.default and isinstance(out, torch.Tensor) and len(args) >= 3:
-            self.linears.append((args[1], args[2].t(), out))  # a decomposed linear: bias + x @ W.T
-        return out
-
-    def head(self, logits: torch.Tensor):
-        """(pooled activations, linear weight) when the logits come from linear(GAP(A)), else (None, None)."""
-        for features, weight, out in reversed(self.linears):
-            if not (out is logits or (out.shape == logits.shape and torch.equal(out, logits))):
-                continue
-            flat = features.reshape(features.shape[0], -1)
-            for activations, pooled in reversed(self.pools):
-                p = pooled.reshape(pooled.shape[0], -1)
-                if p.shape == flat.shape and torch.equal(p, flat):
-                    return activations, weight
-            return None, None
-        return None, None

@@ -15,7 +15,7 @@ from .errors import InvalidInputError
 Pair = Union[int, Tuple[int, int]]
 
 #: The capability of a backend that scores occluded copies of an image from its cached
-#: activations (``backend.occluder(image)``); declared here, read by the backends' list.
+#: activations (``backend.occluder(image, window)``); declared here, read by the backends' list.
 INCREMENTAL = "incremental_occlusion"
 
 
@@ -64,10 +64,14 @@ class OcclusionGrid:
     def __len__(self) -> int:
         return len(self.rows) * len(self.cols)
 
+    def corners(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(top, left) pixel of each window number in ``positions``."""
+        r, c = np.divmod(np.asarray(positions, dtype=np.int64), len(self.cols))
+        return self.rows[r], self.cols[c]
+
     def box(self, position: int) -> Tuple[slice, slice]:
         """The (row, column) slices of window number ``position``."""
-        r, c = divmod(int(position), len(self.cols))
-        top, left = int(self.rows[r]), int(self.cols[c])
+        top, left = (int(v[0]) for v in self.corners(np.array([position])))
         return slice(top, top + self.window[0]), slice(left, left + self.window[1])
 
     def occlude(self, images: np.ndarray, image_index: np.ndarray, positions: np.ndarray,

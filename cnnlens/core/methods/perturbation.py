@@ -129,7 +129,8 @@ def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec,
     the region a window changes, from the clean image's cached activations: the same scores, less
     work; where the cost model (a dry run per model and size) says it would not pay, brute force runs.
     ``exp.extras["occlusion_engine"]`` says per image what ran ("incremental", "brute force",
-    "brute force (...)" when it measured no faster, or "brute force: <why>" when it could not).
+    "brute force (<why>)" when the cost model said it would not pay, or "brute force: <why>" when
+    it could not run).
     """
     side = min(x.shape[2:])
     window = as_pair(max(1, int(round(side / 14))) if window is None else window, "window")
@@ -166,10 +167,10 @@ def _occlude_incrementally(backend: Backend, x: np.ndarray, i: int, grid: Occlus
                            batch: int, explicit: bool, goal: Any, clean: np.ndarray, drops: np.ndarray,
                            advance: Any) -> Tuple[bool, str]:
     """Image ``i``'s score drops (into ``drops``) from the backend's occluder: (True, what ran), or
-    (False, "brute force: <why>") when the backend cannot do it for this model (nothing done)."""
-    score, reason = backend.occluder(x[i])  # type: ignore[attr-defined]
+    (False, what runs instead and why) when the backend will not do it (nothing done)."""
+    score, engine = backend.occluder(x[i], grid.window)  # type: ignore[attr-defined]
     if score is None:
-        return False, f"brute force: {reason}"
+        return False, engine
     positions = len(grid)
     # the caller's batch_size when given; else up to 4x the backend's choice (an incremental pass
     # holds little but the layers past its regions), at most the occluder's own preference
@@ -177,13 +178,12 @@ def _occlude_incrementally(backend: Backend, x: np.ndarray, i: int, grid: Occlus
     full = np.broadcast_to(fill, x.shape[1:])
     (wh, ww), owner = grid.window, np.full(positions, i)
     for sl in batches(positions, per_pass):
-        r, c = np.divmod(np.arange(sl.start, sl.stop), len(grid.cols))
-        top, left = grid.rows[r], grid.cols[c]
+        top, left = grid.corners(np.arange(sl.start, sl.stop))
         values = np.stack([full[:, t:t + wh, l:l + ww] for t, l in zip(top, left)])
         outputs = score(top, left, values)
         drops[i * positions + sl.start:i * positions + sl.stop] = clean[owner[sl]] - goal.score(outputs, owner[sl])
         advance(sl.stop - sl.start)
-    return True, getattr(score, "engine", "incremental")
+    return True, engine
 
 
 @register("rise", needs=["forward"], kind=CAM, options=[
