@@ -1,12 +1,14 @@
 """cnnlens: see what convolutional image classifiers look at.
 
 Public API (see DESIGN.md): ``load``, ``layers``, ``explain``, ``filters``, ``compare``, ``audit``,
+``export_explainer``,
 ``Explanation``, ``Layer``, ``METHODS`` and the errors. ``import cnnlens`` needs only NumPy: a backend's
 framework is imported when a model of its kind is first seen.
 """
 
 from .api import explain, filters, layers, load
 from .audit import AuditResult, audit
+from .adapters.explainer import ExportedExplainer, export_explainer
 from .compare import Comparison, ImageAgreement, compare
 from .core.errors import (
     CnnlensError,
@@ -24,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "load", "layers", "explain", "filters", "compare", "Comparison", "ImageAgreement", "audit", "AuditResult",
-    "Explanation", "Layer", "METHODS",
+    "export_explainer", "ExportedExplainer", "Explanation", "Layer", "METHODS",
     "CnnlensError", "InvalidInputError", "LayerError", "ModelError", "TargetError",
     "UnknownMethodError", "UnsupportedError", "__version__",
 ]

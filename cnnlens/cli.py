@@ -1,4 +1,4 @@
-"""The ``cnnlens`` command: layers, explain, compare, report, sanity checks and the demo.
+"""The ``cnnlens`` command: layers, explain, compare, report, sanity checks, audit, export-explainer and the demo.
 
 MODEL is an ``.onnx`` file, a ``.pt2`` (torch.export) file, a TorchScript file, or ``module:attr`` naming a Python callable
 that returns an ``nn.Module`` (or the module itself). Errors print one line starting with
@@ -320,6 +320,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .audit.command import add_audit_command
+    from .export_command import add_export_command
 
     parser = _Parser(prog="cnnlens", description="See what convolutional image classifiers look at.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -377,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_sanity)
 
     add_audit_command(sub)
+    add_export_command(sub)
 
     p = sub.add_parser("demo", help="train a DenseNet on synthetic shapes and explain it with every method")
     p.add_argument("--out", "-o", default="cnnlens-demo", help="output folder (cnnlens-demo)")

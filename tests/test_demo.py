@@ -103,3 +103,15 @@ def test_cli_demo_subcommand(tmp_path, monkeypatch, capsys):
         line = next(l for l in printed.splitlines() if l.startswith(method + " ") and " torch " in l)
         assert f"{score:.2f}" in line
     assert "report.html" in printed
+
+
+def test_the_demo_exports_its_explainer_and_its_page(demo):
+    """One ONNX file returning the scores and the maps of cnnlens.explain, and the page that runs it."""
+    out, summary = demo
+    explainer = summary["explainer"]
+    assert os.path.getsize(os.path.join(out, "explainer", "explained.onnx")) > 0
+    for name in ("index.html", "explainer.onnx", "preprocess.js", "explainer-page.js"):
+        assert os.path.getsize(os.path.join(out, "explainer", "web", name)) > 0, name
+    assert set(explainer["difference_to_explain"]) == set(explainer["methods"])
+    for method, difference in explainer["difference_to_explain"].items():
+        assert difference <= 1e-5, (method, difference)

@@ -253,8 +253,11 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
                  names=input_names, labels=["no square", "square"], results=report_results, notes=notes,
                  title=f"cnnlens demo: a DenseNet on circles and squares (accuracy {accuracy:.3f})")
 
+    explainer = _export_explainer(out, onnx_path, x_all[shown])
+
     summary = {
         "accuracy": accuracy,
+        "explainer": explainer,
         "pointing_game": {r["method"]: r["pointing_game"] for r in table
                           if r["backend"] == "torch" and r["pointing_game"] is not None and r["method"] in METHODS},
         "random_map": {k: random_map[k] for k in ("pointing_game", "deletion_auc", "insertion_auc")},
@@ -277,6 +280,35 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
         json.dump(summary, f, indent=2)
     _print_table(table, accuracy, out, summary["total_seconds"])
     return summary
+
+
+#: what the demo's explainer file holds: one ONNX file returning the scores and these maps
+EXPLAINER_METHODS = ("gradcam", "layercam", "guided_backprop", "integrated_gradients", "scorecam")
+
+
+def _export_explainer(out: str, onnx_path: str, x: np.ndarray) -> Dict[str, Any]:
+    """The model's explainer (``cnnlens export-explainer``) and its web page, and how far its maps are from
+    ``cnnlens.explain``'s on the same images."""
+    import onnxruntime as ort
+
+    import cnnlens
+    from .explainer_page import write_page
+
+    folder = os.path.join(out, "explainer")
+    made = cnnlens.export_explainer(onnx_path, os.path.join(folder, "explained.onnx"), EXPLAINER_METHODS, steps=16)
+    write_page(os.path.join(folder, "web"), made, mean=synthetic.MEAN, std=synthetic.STD,
+               labels=["no square", "square"])
+    session = ort.InferenceSession(made.path, providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {made.input_name: x})))
+    difference = {}
+    for method in EXPLAINER_METHODS:
+        want = cnnlens.explain(onnx_path, x, method, **({"steps": 16} if method == "integrated_gradients" else {})).maps
+        difference[method] = float(np.abs(outputs[made.outputs[method]] - want).max() / max(np.abs(want).max(), 1e-30))
+    _say(f"  explainer: {made.path} ({made.bytes / 1e6:.1f} MB, {made.size_ratio:.2f}x the model) returns the scores "
+         f"and {', '.join(made.outputs.values())}; its largest difference to cnnlens.explain: "
+         f"{max(difference.values()):.1e}. Web page: {folder}/web (python -m http.server -d {folder}/web)")
+    return {"path": made.path, "page": os.path.join(folder, "web"), "methods": list(EXPLAINER_METHODS),
+            "size_ratio": made.size_ratio, "difference_to_explain": difference}
 
 
 def _scores_text(row: Dict[str, Any]) -> str:
@@ -345,5 +377,5 @@ def _print_table(table: List[Dict[str, Any]], accuracy: float, out: str, total: 
         difference = f"{row['difference']:.1e}" if "difference" in row else "-"
         _say(f"{row['method']:20} {row['backend']:8} {cells[0]:>8} {cells[1]:>8} {cells[2]:>9} {last:>7} {row['seconds']:8.2f} "
              f"{difference:>9}")
-    _say(f"\nwrote {out}/report.html, figures, summary.json, model.onnx, model.pt ({total:.0f} s)")
+    _say(f"\nwrote {out}/report.html, figures, summary.json, model.onnx, model.pt, explainer/ ({total:.0f} s)")
     sys.stdout.flush()

@@ -223,7 +223,9 @@ def normalize(images: np.ndarray, mean: Stats = IMAGENET_MEAN, std: Stats = IMAG
         raise InvalidInputError(f"images must be uint8 (N, H, W, 3) or (H, W, 3), got {images.dtype} {images.shape}")
     x = images.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
     if channels == 1:
-        x = np.tensordot(LUMA, x, axes=([0], [1]))[:, None]
+        # element-wise, not tensordot: BLAS's order of fused multiply-adds varies with the CPU and the
+        # image size, and the web page (preprocess.js) must give the same float32 bits
+        x = (LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2]) + LUMA[2] * x[:, 2:3]
     out = (x - _stats(mean, channels, "mean")) / _stats(std, channels, "std")
     return np.ascontiguousarray(out, dtype=np.float32)
 

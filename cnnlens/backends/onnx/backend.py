@@ -20,12 +20,13 @@ from ...core.errors import InvalidInputError, LayerError, ModelError, unknown_la
 from ...core.types import Layer
 from .. import base
 from . import gradients, layout as layouts, runtime
-from .autodiff import GradientModel, GradientRequest
+from .autodiff import GradientRequest
 from .graph import Graph, attribute, node_name
 from .loading import batch_dynamic
 from .passes import Passes
 from .randomise import randomised_model
 from .shapes import TensorTypes, fill_from_runs, infer
+from .view import ModelView
 
 _BASE_CAPABILITIES = frozenset({base.FORWARD, base.ACTIVATIONS, base.WEIGHTS, base.LINEAR_HEAD, base.RANDOMISE,
                                 base.REPLACE_LAYER})
@@ -362,6 +363,15 @@ class OnnxBackend(Passes):
         if self.device == "cuda":
             return base.cache_sized_batch(largest, budget=2 ** 26, cap=256)
         return base.cache_sized_batch(largest)
+
+    def view(self, image_shape: Tuple[int, int, int]) -> ModelView:
+        """The model as the explainer builder reads it, for images of ``image_shape`` = (C, H, W)
+        (NCHW): the batch settled first (made dynamic where a trial of two images proves it safe)."""
+        image = self._model_image(image_shape)
+        self._settle_batch(np.zeros((2,) + tuple(image), dtype=self.input_dtype))
+        return ModelView(self._base_model(), self._base_graph(), self.input_name, self.output_name, tuple(image),
+                         self._layout, self._nhwc, self._types_at(image),
+                         lambda tensor: self._shape_values(image).get(tensor), self._per_image)
 
     # ------------------------------------------------------------ randomisation
 

@@ -3,6 +3,7 @@ one Gemm or MatMul [-> bias Add] [-> Softmax], and its weights."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import AbstractSet, Callable, Optional, Tuple
 
 import numpy as np
@@ -38,11 +39,34 @@ def _is_identity_gather(node: onnx.NodeProto, probe: Optional[Callable[[str], Op
     return indices is not None and np.array_equal(np.asarray(indices).reshape(-1), np.arange(np.asarray(indices).size))
 
 
+@dataclass(frozen=True)
+class Head:
+    """A GAP -> linear head: the tensor it pools, and its weight as the graph holds it: tensor
+    ``weight`` stored (classes, K) or, when ``transposed``, (K, classes), scaled by ``alpha``."""
+
+    pooled: str
+    weight: str
+    transposed: bool
+    alpha: float = 1.0
+
+    def matrix(self, graph: Graph) -> np.ndarray:
+        """The weights (classes, K) as an array."""
+        value = np.asarray(graph.constant(self.weight), dtype=np.float32)
+        return (value.T if self.transposed else value) * np.float32(self.alpha)
+
+
 def find_head(graph: Graph, output: str, nhwc: AbstractSet[str] = frozenset(),
               probe: Optional[Callable[[str], Optional[np.ndarray]]] = None) -> Tuple[str, np.ndarray]:
     """(the tensor the head pools, the head's weights (classes, K)); a ModelError when the model
     has no such head. ``nhwc``: the tensors stored (N, H, W, C); ``probe``: the value of a tensor
     computed from the input's shape."""
+    head = head_of(graph, output, nhwc, probe)
+    return head.pooled, head.matrix(graph)
+
+
+def head_of(graph: Graph, output: str, nhwc: AbstractSet[str] = frozenset(),
+            probe: Optional[Callable[[str], Optional[np.ndarray]]] = None) -> Head:
+    """The model's GAP -> linear head (see :func:`find_head`)."""
     fail = ModelError(
         "cam needs a model whose head is global average pooling followed by one Gemm or MatMul; "
         "this graph has none. Use gradcam, scorecam or occlusion, which work on any ONNX model"
@@ -61,10 +85,9 @@ def find_head(graph: Graph, output: str, nhwc: AbstractSet[str] = frozenset(),
     if node.op_type == "Gemm":
         if attribute(node, "transA", 0):
             raise fail
-        weight = weight if attribute(node, "transB", 0) else weight.T
-        weight = weight * float(attribute(node, "alpha", 1.0))
+        transposed, alpha = not attribute(node, "transB", 0), float(attribute(node, "alpha", 1.0))
     else:
-        weight = weight.T
+        transposed, alpha = True, 1.0
     tensor = node.input[0]
     pool = graph.producer.get(tensor)
     while pool is not None and (pool.op_type in _PASS_THROUGH or _is_identity_gather(pool, probe)):
@@ -76,4 +99,4 @@ def find_head(graph: Graph, output: str, nhwc: AbstractSet[str] = frozenset(),
     relaid = graph.producer.get(pooled)
     if relaid is not None and relaid.op_type == "Transpose" and pooled in nhwc and relaid.input[0] not in nhwc:
         pooled = relaid.input[0]  # tf2onnx lays the last map out NHWC just to pool it: the map itself
-    return pooled, np.asarray(weight, dtype=np.float32)
+    return Head(pooled, node.input[1], transposed, alpha)

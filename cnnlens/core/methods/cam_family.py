@@ -100,7 +100,8 @@ def cam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
     return Explanation("cam", maps, objective(target, outputs).record, outputs, layer=used)
 
 
-@register("eigencam", needs=["activations"], kind=CAM, layer=LAYERS)
+@register("eigencam", needs=["activations"], kind=CAM, layer=LAYERS,
+          not_exportable="it takes an eigendecomposition per image, which no standard ONNX op computes")
 def eigencam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
              batch_size: Optional[int] = None) -> Explanation:
     """Eigen-CAM (Muhammad & Yeasin 2020): the activations' first principal component per image (class-agnostic)."""

@@ -167,7 +167,8 @@ def _base_options(value: Any) -> Dict[str, Any]:
     return dict(value)
 
 
-@register("smoothgrad", needs=["input_gradients"], kind=INPUT, options=[
+@register("smoothgrad", needs=["input_gradients"], kind=INPUT, not_exportable="it draws fresh noise on every call: "
+          "a file can only repeat stored noise, which for an image weighs as much as a model", options=[
     Option("samples", 25, "noisy samples per image (25)", positive_int("samples"), int),
     Option("noise", 0.15, "noise sigma as a fraction of each image's value range (0.15)",
            fraction("noise", what="a fraction >= 0 of each image's value range"), float),

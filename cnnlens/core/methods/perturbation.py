@@ -64,7 +64,9 @@ def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
 ABLATION_ELEMENTS = 2 ** 24
 
 
-@register("ablationcam", needs=["activations", "replace_layer"], kind=CAM, layer=ONE_LAYER)
+@register("ablationcam", needs=["activations", "replace_layer"], kind=CAM, layer=ONE_LAYER,
+          not_exportable="it runs the network on from the layer once per channel, and the explainer does not "
+          "write that network twice yet")
 def ablationcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                 batch_size: Optional[int] = None) -> Explanation:
     """Ablation-CAM (Desai & Ramaswamy 2020): ``ReLU(sum_k w_k A_k)``, ``w_k`` the score's relative drop with channel k zeroed.
@@ -109,7 +111,8 @@ def _yes_no(text: str) -> bool:
     return words[text.lower()]
 
 
-@register("occlusion", needs=["forward"], kind=CAM, options=[
+@register("occlusion", needs=["forward"], kind=CAM, not_exportable="it runs the model once per window; the explainer "
+          "does not write such a loop yet", options=[
     Option("window", None, "window side in pixels (1/14 of the shorter side)", None, int),
     Option("stride", None, "step in pixels (half the window)", None, int),
     BASELINE,
@@ -186,7 +189,8 @@ def _occlude_incrementally(backend: Backend, x: np.ndarray, i: int, grid: Occlus
     return True, engine
 
 
-@register("rise", needs=["forward"], kind=CAM, options=[
+@register("rise", needs=["forward"], kind=CAM, not_exportable="it draws thousands of random masks per call; stored "
+          "in the file they would outweigh most models", options=[
     Option("masks", 4000, "random masks per image (4000)", positive_int("masks"), int),
     Option("cell", 7, "the masks' grid is cell x cell (7)", positive_int("cell"), int),
     Option("p", 0.5, "probability that a grid cell is kept (0.5)", fraction("p", 0.0, 1.0, open_low=True), float),

@@ -52,6 +52,14 @@ class Method:
     #: for an input attribution SmoothGrad can smooth: ``attribute(backend, x, target, batch, **options)
     #: -> (maps, outputs)``, the attribution of any images (noisy ones too) for a target given per image
     attribute: Optional[Callable[..., Tuple[np.ndarray, np.ndarray]]] = None
+    #: why ``cnnlens.export_explainer`` cannot write the method into an ONNX file as a fixed graph;
+    #: None when it can (the explainer builder holds one head per such method)
+    not_exportable: Optional[str] = None
+
+    @property
+    def exportable(self) -> bool:
+        """Whether the method can be written into an explainer ONNX file."""
+        return self.not_exportable is None
 
     @property
     def smoothable(self) -> bool:
@@ -136,8 +144,10 @@ SEED = Option("seed", 0, "random seed; results do not depend on the batch or the
 
 
 def register(name: str, *, needs: Sequence[str], kind: str, layer: str = NO_LAYER,
-             options: Sequence[Option] = (), attribute: Optional[Callable] = None) -> Callable:
-    """Register the decorated function as method ``name`` (its docstring's first line is its summary)."""
+             options: Sequence[Option] = (), attribute: Optional[Callable] = None,
+             not_exportable: Optional[str] = None) -> Callable:
+    """Register the decorated function as method ``name`` (its docstring's first line is its summary).
+    ``not_exportable``: why the method cannot be a fixed ONNX graph (None: it exports)."""
     def decorate(function: Callable) -> Callable:
         all_options = tuple(options) + (BATCH_SIZE,)
         keywords = [p.name for p in inspect.signature(function).parameters.values()
@@ -151,7 +161,8 @@ def register(name: str, *, needs: Sequence[str], kind: str, layer: str = NO_LAYE
                 if same and same[0].cli_type is not option.cli_type:
                     raise TypeError(f"option {option.name!r} of {name} and {other.name} must take the same type")
         summary = (inspect.getdoc(function) or "").split("\n")[0]
-        METHODS[name] = Method(name, function, frozenset(needs), kind, layer, all_options, summary, attribute)
+        METHODS[name] = Method(name, function, frozenset(needs), kind, layer, all_options, summary, attribute,
+                               not_exportable)
         return function
     return decorate
 
@@ -169,6 +180,11 @@ def lookup(name: str) -> Method:
 def supported_methods(capabilities: FrozenSet[str]) -> List[str]:
     """The method names a backend with these capabilities can run."""
     return [name for name, m in METHODS.items() if m.needs <= capabilities]
+
+
+def exportable_methods() -> List[str]:
+    """The methods ``cnnlens.export_explainer`` can write into an ONNX file."""
+    return [name for name, m in METHODS.items() if m.exportable]
 
 
 def all_options() -> Dict[str, Tuple[Option, List[str]]]:

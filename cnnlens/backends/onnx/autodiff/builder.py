@@ -80,7 +80,7 @@ def missing_rules(graph: Graph, output: str, nodes: Optional[Sequence[onnx.NodeP
     return problems
 
 
-def _ancestors(graph: Graph, output: str) -> Set[str]:
+def ancestors(graph: Graph, output: str) -> Set[str]:
     """Names of the nodes the output depends on."""
     seen: Set[str] = set()
     stack = [output]
@@ -106,11 +106,11 @@ def _descendants(graph: Graph, sources: Set[str]) -> Set[str]:
 def _on_path(graph: Graph, reached: Set[str], output: str) -> List[onnx.NodeProto]:
     """Nodes between the sources (``reached``: the tensors computed from them) and the output, in
     topological order."""
-    above = _ancestors(graph, output)
+    above = ancestors(graph, output)
     return [n for n in graph.nodes if node_name(n) in above and any(i in reached for i in value_inputs(n) if i)]
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def opset_of(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)
@@ -128,13 +128,13 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: GradientRe
         raise ValueError(f"relu must be one of {RELU_RULES}, got {request.relu!r}")
     taken = {o for n in model.graph.node for o in n.output} | {n.name for n in model.graph.node}
     taken |= {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
-    emitter = Emitter(_opset(model), taken, "cnnlens_grad/")
+    emitter = Emitter(opset_of(model), taken, "cnnlens_grad/")
     seed_input = emitter.fresh("seed")
-    seed = _argmax_rows(emitter, output, dtypes) if request.seed == "argmax" else seed_input
+    seed = argmax_rows(emitter, output, dtypes) if request.seed == "argmax" else seed_input
     input_name = graph.input.name
     gradients: Dict[str, str] = {}
     for relu, sources in request.passes(input_name):
-        found = _backward(emitter, graph, output, seed, relu, sources, shapes, dtypes, probe)
+        found = backward_chain(emitter, graph, output, seed, relu, sources, shapes, dtypes, probe)
         for source in sources:
             gradients.setdefault(source, found[source])
     outputs = [output]
@@ -147,21 +147,33 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: GradientRe
     return GradientModel(_assemble(model, emitter, fed, output, outputs, dtypes), seed_input, outputs)
 
 
-def _argmax_rows(emitter: Emitter, output: str, dtypes: Dict[str, np.dtype]) -> str:
+def argmax_rows(emitter: Emitter, output: str, dtypes: Dict[str, np.dtype]) -> str:
     """One-hot rows of each image's first highest score, in the output's shape ((N, K), or (N, K, 1, 1)
     for a 1x1-convolution head)."""
+    return class_rows(emitter, predicted_classes(emitter, output), output, dtypes)
+
+
+def predicted_classes(emitter: Emitter, output: str) -> str:
+    """Each image's first highest score's index, int64 (N,), over the output flattened per image."""
+    return emitter.op("ArgMax", [emitter.op("Reshape", [output, emitter.ints([0, -1])])], axis=1, keepdims=0)
+
+
+def class_rows(emitter: Emitter, classes: str, output: str, dtypes: Dict[str, np.dtype]) -> str:
+    """One-hot rows of the int64 ``classes`` (N,), in the output's shape: the gradient of the
+    explained scores with respect to the outputs."""
     flat = emitter.op("Reshape", [output, emitter.ints([0, -1])])
-    classes = emitter.op("Gather", [emitter.shape(flat), emitter.const(np.asarray(1, dtype=np.int64), "axis1")])
-    best = emitter.op("ArgMax", [flat], axis=1, keepdims=0)
+    count = emitter.op("Gather", [emitter.shape(flat), emitter.const(np.asarray(1, dtype=np.int64), "axis1")])
     on_off = emitter.const(np.array([0, 1], dtype=dtypes.get(output, np.dtype(np.float32))), "on_off")
-    rows = emitter.op("OneHot", [best, classes, on_off], axis=-1)
+    rows = emitter.op("OneHot", [classes, count, on_off], axis=-1)
     return emitter.op("Reshape", [rows, emitter.shape(output)])
 
 
-def _backward(emitter: Emitter, graph: Graph, output: str, seed: str, relu: str, sources: Sequence[str],
-              shapes: Dict[str, Shape], dtypes: Dict[str, np.dtype],
-              probe: Optional[Callable[[str], Optional[np.ndarray]]]) -> Dict[str, str]:
-    """One backward chain: the gradient tensor of each source."""
+def backward_chain(emitter: Emitter, graph: Graph, output: str, seed: str, relu: str, sources: Sequence[str],
+                   shapes: Dict[str, Shape], dtypes: Dict[str, np.dtype],
+                   probe: Optional[Callable[[str], Optional[np.ndarray]]]) -> Dict[str, str]:
+    """One backward chain from ``seed`` (the gradient with respect to ``output``) under the ReLU rule
+    ``relu``: the gradient tensor of each source (nodes appended to ``emitter``). Raises
+    UnsupportedOp naming the first node on the way that has no rule."""
     reached = _descendants(graph, set(sources))
     path = _on_path(graph, reached, output)
     consumed = {i for n in path for i in n.input if i}

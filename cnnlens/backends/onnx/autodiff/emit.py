@@ -8,7 +8,8 @@ opset; rules call these helpers and never look at the opset themselves.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+import hashlib
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import onnx
@@ -29,7 +30,28 @@ class Emitter:
         self._taken = taken
         self._prefix = prefix
         self._count = 0
-        self._constants: Dict[Tuple, str] = {}
+        self._constants: Dict[Tuple, str] = {}  # initializers (in the root) and values computed once
+        self._parent: Optional[Emitter] = None
+
+    def child(self, prefix: str) -> "Emitter":
+        """An emitter for a subgraph (a Loop body): its own nodes, names unique across both, and
+        initializers kept with this emitter's (the outer graph's, which a subgraph may read). The
+        subgraph sees what this emitter computed; what it computes itself stays its own."""
+        sub = Emitter(self.opset, self._taken, prefix)
+        sub.initializers = self.initializers
+        sub._parent = self
+        return sub
+
+    def _known(self, key: Tuple) -> Optional[str]:
+        emitter: Optional[Emitter] = self
+        while emitter is not None:
+            if key in emitter._constants:
+                return emitter._constants[key]
+            emitter = emitter._parent
+        return None
+
+    def _root(self) -> "Emitter":
+        return self if self._parent is None else self._parent._root()
 
     # ------------------------------------------------------------ names and nodes
 
@@ -49,18 +71,33 @@ class Emitter:
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
         return names if outputs > 1 else names[0]
 
+    def shared(self, key: Tuple, make: Callable[[], str]) -> str:
+        """The tensor ``make()`` writes, written once per ``key`` (a value computed from constants that
+        several backward chains use: it is computed once, and ONNX Runtime folds it)."""
+        known = self._known(key)
+        if known is None:
+            known = self._constants[key] = make()
+        return known
+
     def const(self, value: np.ndarray, hint: str = "c") -> str:
-        """An initializer holding ``value`` (small ones are shared between uses)."""
+        """An initializer holding ``value``: stored once per value (a digest tells large ones apart),
+        and an array of one repeated value is not stored at all but made by ConstantOfShape."""
         value = np.asarray(value)
-        key = None
         if value.size <= 16:
-            key = (value.dtype.str, value.shape, value.tobytes())
-            if key in self._constants:
-                return self._constants[key]
+            key: Tuple = (value.dtype.str, value.shape, value.tobytes())
+        else:
+            key = (value.dtype.str, value.shape, hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest())
+        known = self._known(key)
+        if known is not None:
+            return known
+        if value.size > 16 and value.ndim >= 1 and (value == value.flat[0]).all():
+            fill = numpy_helper.from_array(np.asarray([value.flat[0]], dtype=value.dtype), "value")
+            self._constants[key] = self.op("ConstantOfShape", [self.ints(value.shape)], value=fill)
+            return self._constants[key]
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        if key is not None:
-            self._constants[key] = name
+        # np.ascontiguousarray would make a rank-0 value (1,): copy, keeping the shape
+        self.initializers.append(numpy_helper.from_array(np.array(value, order="C"), name))
+        self._root()._constants[key] = name
         return name
 
     def ints(self, values: Sequence[int]) -> str:

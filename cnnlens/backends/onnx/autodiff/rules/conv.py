@@ -7,13 +7,17 @@ convolution (its blocked NCHWc kernels), against 1.1-1.5x slower for ConvTranspo
 convolutions and 6-13x slower on depthwise ones (measured on ResNet-50 and MobileNet layer
 shapes, batch 4, two cores). Strided convolutions keep ConvTranspose: the sub-pixel rewrite as a
 convolution followed by DepthToSpace measured slower still.
+
+The flipped kernel is computed in the graph from the model's own weight tensor (Reshape,
+Transpose, Gather with reversed indices: ops of every opset), never stored: ONNX Runtime folds
+it into a constant when the session starts, so it costs nothing per run, and a gradient or
+explainer model stays the size of the model it was built from.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
-import numpy as np
 import onnx
 
 from ..context import Context, NoRule
@@ -21,16 +25,29 @@ from .base import rule
 from .window import Window, scatter, window
 
 
-def _flipped(weight: np.ndarray, group: int) -> np.ndarray:
-    """(O, C/g, *k) conv weights -> (C, O/g, *k): the adjoint convolution's weights for unit strides."""
-    out, per_group = weight.shape[:2]
-    kernel = weight.shape[2:]
-    grouped = weight.reshape((group, out // group, per_group) + kernel).swapaxes(1, 2)
-    flipped = grouped[(Ellipsis,) + (slice(None, None, -1),) * len(kernel)]
-    return np.ascontiguousarray(flipped.reshape((group * per_group, out // group) + kernel))
+def _flipped(ctx: Context, w: str, shape: Sequence[int], group: int) -> str:
+    """The adjoint convolution's weights for unit strides, (C, O/g, *k), from the (O, C/g, *k) weight
+    tensor ``w``: in / out channels swapped per group and every spatial axis reversed, in the graph."""
+    e = ctx.e
+    out, per_group = int(shape[0]), int(shape[1])
+    kernel = [int(k) for k in shape[2:]]
+    rank = len(kernel)
+    if group == 1:
+        swapped = e.op("Transpose", [w], perm=[1, 0] + list(range(2, rank + 2)))
+        spatial = list(range(2, rank + 2))
+    else:
+        grouped = e.op("Reshape", [w, e.ints([group, out // group, per_group] + kernel)])
+        swapped = e.op("Transpose", [grouped], perm=[0, 2, 1] + list(range(3, rank + 3)))
+        spatial = list(range(3, rank + 3))
+    for axis, size in zip(spatial, kernel):
+        if size > 1:
+            swapped = e.op("Gather", [swapped, e.ints(range(size - 1, -1, -1))], axis=axis)
+    if group == 1:
+        return swapped
+    return e.op("Reshape", [swapped, e.ints([group * per_group, out // group] + kernel)])
 
 
-def _adjoint_conv(ctx: Context, g: str, weight: np.ndarray, geometry: Window, group: int) -> Optional[str]:
+def _adjoint_conv(ctx: Context, g: str, w: str, shape: Sequence[int], geometry: Window, group: int) -> Optional[str]:
     """The input gradient as a unit-stride convolution, or None when the pads do not allow it."""
     if any(s != 1 for s in geometry.strides):
         return None
@@ -38,9 +55,8 @@ def _adjoint_conv(ctx: Context, g: str, weight: np.ndarray, geometry: Window, gr
     end = [geometry.reach(i) - 1 - geometry.end[i] for i in range(geometry.rank)]
     if min(begin + end) < 0:
         return None
-    kernel = ctx.e.const(_flipped(weight, group), "adjoint_weight")
-    return ctx.e.op("Conv", [g, kernel], kernel_shape=list(geometry.kernel), dilations=list(geometry.dilations),
-                    pads=begin + end, group=int(group))
+    return ctx.e.op("Conv", [g, _flipped(ctx, w, shape, group)], kernel_shape=list(geometry.kernel),
+                    dilations=list(geometry.dilations), pads=begin + end, group=int(group))
 
 
 def _check_weights(ctx: Context, node: onnx.NodeProto) -> None:
@@ -64,7 +80,7 @@ def conv(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
             raise NoRule("Conv without kernel_shape whose weight shape is unknown")
         kernel = list(shape[2:])
     geometry = window(ctx, node, x, kernel)
-    adjoint = _adjoint_conv(ctx, g, weight, geometry, group) if weight is not None else None
+    adjoint = _adjoint_conv(ctx, g, w, weight.shape, geometry, group) if weight is not None else None
     return [adjoint if adjoint is not None else scatter(ctx, g, w, geometry, group)] + rest
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-import numpy as np
 import onnx
 
 from ..context import Context, NoRule
@@ -32,10 +31,8 @@ def gemm(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
 
 
 def _swap_last(ctx: Context, tensor: str) -> str:
-    """``tensor`` with its last two axes swapped (a constant is transposed once, here)."""
-    value = ctx.constant(tensor)
-    if value is not None:
-        return ctx.e.const(np.ascontiguousarray(np.swapaxes(value, -1, -2)), "transposed")
+    """``tensor`` with its last two axes swapped, in the graph (a weight is never stored twice:
+    ONNX Runtime folds the Transpose of a constant when the session starts)."""
     rank = ctx.rank(tensor)
     return ctx.e.op("Transpose", [tensor], perm=list(range(rank - 2)) + [rank - 1, rank - 2])
 

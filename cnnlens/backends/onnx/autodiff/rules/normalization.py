@@ -27,21 +27,20 @@ def _per_channel(ctx: Context, value: str, rank: int) -> str:
 
 @rule("BatchNormalization", check=_check_batch_norm)
 def batch_norm(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
-    """``g * scale / sqrt(var + eps)`` per channel (the statistics are constants in inference)."""
+    """``g * scale / sqrt(var + eps)`` per channel (the statistics are constants in inference). The
+    factor is computed in the graph from the node's own parameters, never stored (ONNX Runtime folds
+    it once when the session starts), and once per node however many backward chains use it."""
     g, x = grads[0], node.input[0]
     if any(ctx.needs(t) for t in node.input[1:]):
         raise NoRule("BatchNormalization whose parameters depend on the input")
     e, dtype = ctx.e, ctx.dtype(x)
     rank = ctx.rank(x)
     eps = float(ctx.attr(node, "epsilon", 1e-5))
-    scale, variance = ctx.constant(node.input[1]), ctx.constant(node.input[4])
-    if scale is not None and variance is not None:
-        factor = scale.astype(np.float64) / np.sqrt(variance.astype(np.float64) + eps)
-        factor = e.const(factor.astype(dtype).reshape((-1,) + (1,) * (rank - 2)), "bn_factor")
-    else:
+
+    def factor() -> str:
         root = e.op("Sqrt", [e.op("Add", [node.input[4], e.scalar(eps, dtype)])])
-        factor = _per_channel(ctx, e.op("Div", [node.input[1], root]), rank)
-    return only_first(node, e.mul(g, factor))
+        return _per_channel(ctx, e.op("Div", [node.input[1], root]), rank)
+    return only_first(node, e.mul(g, e.shared(("bn_factor",) + tuple(node.input[1:5]) + (eps, rank), factor)))
 
 
 @rule("LRN")
