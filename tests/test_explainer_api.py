@@ -194,6 +194,34 @@ def test_looped_methods_cover_every_pair_whatever_the_batch_and_pass(net_file, p
         assert rel(got["map_scorecam"], cnnlens.explain(backend, x, "scorecam", layer="conv2").maps) <= TOL, count
 
 
+def test_loop_copies_of_the_model_keep_names_apart_from_the_loops_own(net_file, images, tmp_path):
+    """The dynamo exporter names tensors as the explainer's emitter does ("add_171"): a model whose
+    tensors are called add_1 ... add_120 (a chain of + 0 after the first convolution) once gave a Loop
+    body two tensors of one name. The copies now reserve their names."""
+    _, plain = net_file
+    model = onnx.load(plain)
+    nodes = list(model.graph.node)
+    first = next(i for i, n in enumerate(nodes) if n.op_type == "Conv")
+    source = nodes[first].output[0]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), np.float32), "zero_scalar"))
+    chain, previous = [], source
+    for k in range(1, 121):
+        chain.append(onnx.helper.make_node("Add", [previous, "zero_scalar"], [f"add_{k}"], name=f"chain_{k}"))
+        previous = f"add_{k}"
+    for node in nodes[first + 1:]:
+        node.input[:] = [previous if name == source else name for name in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[:first + 1] + chain + nodes[first + 1:])
+    renamed, out = str(tmp_path / "named.onnx"), str(tmp_path / "looped.onnx")
+    onnx.save(model, renamed)
+    cnnlens.export_explainer(renamed, out, "integrated_gradients,scorecam", layer="conv2", steps=3)
+    got = run(out, input=images)
+    backend = cnnlens.load(renamed)
+    want = cnnlens.explain(backend, images, "integrated_gradients", steps=3).maps
+    assert rel(got["map_integrated_gradients"], want) <= TOL
+    assert rel(got["map_scorecam"], cnnlens.explain(backend, images, "scorecam", layer="conv2").maps) <= TOL
+
+
 @pytest.mark.parametrize("kind", ["module", "pt2", "torchscript"])
 def test_every_torch_source_is_exported_first(net_file, images, tmp_path, kind):
     model, _ = net_file

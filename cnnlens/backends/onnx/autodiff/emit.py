@@ -64,6 +64,16 @@ class Emitter:
                 self._taken.add(name)
                 return name
 
+    def reserve(self, name: str) -> str:
+        """``name`` itself if no tensor has it yet, else ``name`` with a suffix: a name kept for a
+        copied tensor (a Loop body's copy of the model), which ``fresh`` never hands out again."""
+        found, count = name, 0
+        while found in self._taken:
+            count += 1
+            found = f"{name}_{count}"
+        self._taken.add(found)
+        return found
+
     def op(self, op_type: str, inputs: Sequence[str], outputs: int = 1, **attrs) -> Union[str, List[str]]:
         """Append one node; returns its output name (a list of names when ``outputs`` > 1)."""
         names = [self.fresh(op_type.lower()) for _ in range(outputs)]

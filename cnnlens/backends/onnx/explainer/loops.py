@@ -74,7 +74,7 @@ class Body:
         for node in nodes:
             for out in node.output:
                 if out:
-                    self._names[out] = self.prefix + out
+                    self._names[out] = self.e.reserve(self.prefix + out)
         for node in nodes:
             self.nodes.append(_renamed(node, self._names, self._names, self.prefix))
         self._copied = True
