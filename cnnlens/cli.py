@@ -17,6 +17,7 @@ import numpy as np
 
 from .core.errors import CnnlensError, InvalidInputError, ModelError
 from .core.methods import METHODS, all_options, lookup, supported_methods
+from .core.methods.support import runs
 from .core import progress
 
 # ---------------------------------------------------------------- models and images
@@ -181,7 +182,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     worst = 0.0
     target = _target(args)
     for method in _methods(args.method, a):
-        if not lookup(method).needs <= b.capabilities:
+        if not runs(b, method):
             print(f"{method}: skipped ({b.name} backend cannot run it)\n")
             continue
         result = cnnlens.compare(a, b, x, method, target=target, layer=_layer_arg(args, method), **_options(method, args))

@@ -20,7 +20,7 @@ from .core import faithfulness as _faith
 from .core import sanity as _sanity
 from .core.errors import InvalidInputError
 from .core.faithfulness import auc, energy_in_box, ssim
-from .core.methods import ACTIVATIONS, LayerSpec, check_images, lookup, run
+from .core.methods import LAYER_MAP, LayerSpec, check_images, lookup, run
 from .core.metrics import pointing_game, pointing_hits, spearman
 from .core.targets import Target
 from .core.types import Explanation
@@ -72,7 +72,7 @@ def sanity(model: Any, x: Any, methods: Sequence[str], target: Target = None, *,
     images = check_images(_as_numpy(x))
     names = [methods] if isinstance(methods, str) else list(methods)
     for m in names:
-        if lookup(m).kind == ACTIVATIONS:
+        if lookup(m).kind == LAYER_MAP:
             raise InvalidInputError(f"{m} are activations, not a saliency map: leave them out of sanity")
     methods = names
     options = {m: dict((options or {}).get(m, {})) for m in methods}

@@ -108,8 +108,11 @@ def test_killed_or_interrupted_process_then_rerun_equals_an_uninterrupted_run(da
     cwd, env = slow_cwd
     whole, out = str(cwd / "whole"), str(cwd / "cut")
     subprocess.run(_cli(data, whole, cwd), cwd=cwd, env=env, check=True, capture_output=True)
+    # SIGINT at its default in the child, so Python turns it into KeyboardInterrupt even when the tests
+    # run where SIGINT is ignored (a shell's background job: Python keeps an inherited SIG_IGN)
     process = subprocess.Popen(_cli(data, out, cwd), cwd=cwd, env=dict(env, SLOW_SECONDS="2"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_first_shard(process, out)
     process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
     _, err = process.communicate(timeout=60)

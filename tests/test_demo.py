@@ -11,7 +11,7 @@ import cnnlens
 from cnnlens.adapters import synthetic
 from cnnlens.adapters.demo import DemoConfig, run_demo
 from cnnlens.adapters.images import load_image
-from cnnlens.core.methods import ACTIVATIONS, METHODS
+from cnnlens.core.methods import LAYER_MAP, METHODS
 
 TINY = DemoConfig(train_images=240, epochs=1, held_out=12, pointing_images=3, report_images=(1, 1),
                   smoothgrad_samples=2, occlusion=(16, 8), deletion_steps=4, randomisation_images=2,
@@ -33,7 +33,7 @@ def test_writes_everything_the_issue_names(demo):
     with open(os.path.join(out, "summary.json")) as handle:
         written = json.load(handle)
     assert written == json.loads(json.dumps(summary))
-    assert set(written["pointing_game"]) == {m for m, spec in METHODS.items() if spec.kind != ACTIVATIONS}
+    assert set(written["pointing_game"]) == {m for m, spec in METHODS.items() if spec.kind != LAYER_MAP}
     assert set(written["seconds"]) == set(written["pointing_game"]) | {"feature_maps"}
     assert all(0 <= v <= 1 for v in written["pointing_game"].values()) and 0 <= written["accuracy"] <= 1
     assert set(written["onnx"]["pointing_game"]) == set(written["pointing_game"])  # every method on the export too

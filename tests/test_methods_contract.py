@@ -6,7 +6,7 @@ files) and ONNX backends:
 
 - a method the backend's capabilities exclude raises UnsupportedError naming the method;
 - maps are float32 of the shape the method's kind says (INPUT (N, C, H, W), CAM (N, H, W),
-  ACTIVATIONS (N, K, h, w));
+  LAYER_MAP (N, K, h, w));
 - ``batch_size=1`` gives the default batching's maps (bit for bit for forward-only methods);
 - the model is left as it was: state_dict, ``training`` flags (a model in train mode stays so),
   no hook left on any module;
@@ -23,6 +23,8 @@ is a flag of ``cnnlens explain``, and ``cnnlens explain --help`` lists every met
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -31,8 +33,11 @@ from torch import nn
 import cnnlens
 from cnnlens.adapters.export import to_exported, to_onnx, to_torchscript
 from cnnlens.cli import build_parser, main
-from cnnlens.core.methods import (ACTIVATIONS, CAM, HEAD_LAYER, INPUT, LAYERS, METHODS, NO_LAYER, ONE_LAYER, all_options,
+from cnnlens.core.methods import (LAYER_MAP, CAM, HEAD_LAYER, INPUT, LAYERS, METHODS, NO_LAYER, ONE_LAYER, all_options,
                                   supported_methods)
+from cnnlens.core.backend import CAPABILITIES, GRADIENTS, INCREMENTAL_OCCLUSION, Backend, Occluding
+from cnnlens.core.methods.registry import register
+from cnnlens.core.methods.support import require, runs
 from helpers import randomise_batchnorm, rel_err
 
 SIZE = 32
@@ -45,7 +50,7 @@ FAST = {
     "integrated_gradients": dict(steps=4),
     "occlusion": dict(window=8, stride=8),
 }
-GRADIENT_NEEDS = {"input_gradients", "layer_gradients", "relu_rules"}
+GRADIENT_NEEDS = GRADIENTS
 
 
 class Tiny(nn.Module):
@@ -142,6 +147,49 @@ def test_backends_have_the_expected_breadth(backends):
         assert {"saliency", "occlusion", "rise"} <= runs < set(NAMES)
 
 
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_every_backend_keeps_the_contract_in_core_backend(backends, kind):
+    """Each backend is a ``core.backend.Backend`` with declared capabilities only, and ``require`` /
+    ``runs`` (the one judge of what runs where) agree with the registry's list and with ``explain``."""
+    b = backends[kind]
+    assert isinstance(b, Backend)
+    assert INCREMENTAL_OCCLUSION not in b.capabilities or isinstance(b, Occluding)
+    assert b.capabilities <= set(CAPABILITIES), b.capabilities - set(CAPABILITIES)
+    listed = set(supported_methods(b.capabilities))
+    for method in NAMES:
+        assert runs(b, method) == (method in listed)
+        if runs(b, method):
+            assert require(b, method) is METHODS[method]
+            continue
+        with pytest.raises(cnnlens.UnsupportedError) as judged:
+            require(b, method)
+        with pytest.raises(cnnlens.UnsupportedError) as explained:
+            cnnlens.explain(b, images(1), method, **fast(method))
+        assert str(judged.value) == str(explained.value)
+
+
+def test_capability_names_are_declared_once():
+    """A method needing a capability no backend can declare (a typo) fails when it is registered, and
+    no module but core/backend.py spells a capability's name."""
+    with pytest.raises(TypeError, match="unknown capabilities.*input_gradient"):
+        register("misspelt", needs={"input_gradient"}, kind=INPUT)(
+            lambda backend, x, target, layer, *, batch_size=None: x)
+    assert "misspelt" not in METHODS
+    root = os.path.dirname(os.path.abspath(cnnlens.__file__))
+    spelt = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                text = open(path, encoding="utf-8").read()
+                # "forward", "activations" and "weights" are also ordinary words of other concepts
+                for capability in set(CAPABILITIES) - {"forward", "activations", "weights"}:
+                    if f'"{capability}"' in text or f"'{capability}'" in text:
+                        spelt.setdefault(capability, []).append(os.path.relpath(path, root))
+    assert all(places == [os.path.join("core", "backend.py")] for places in spelt.values()), spelt
+    assert set(spelt) == set(CAPABILITIES) - {"forward", "activations", "weights"}
+
+
 # ---------------------------------------------------------------- shape, dtype, batching
 
 
@@ -166,7 +214,7 @@ def expected_shape(method: str, x: np.ndarray, maps: np.ndarray):
         return x.shape
     if kind == CAM:
         return (x.shape[0],) + x.shape[2:]
-    assert kind == ACTIVATIONS, kind
+    assert kind == LAYER_MAP, kind
     assert maps.ndim == 4, maps.shape
     return (x.shape[0],) + maps.shape[1:]
 
@@ -371,7 +419,7 @@ def test_registry_descriptions_are_complete():
     assert NAMES, "no method registered"
     for name, spec in METHODS.items():
         assert spec.name == name
-        assert spec.kind in (INPUT, CAM, ACTIVATIONS)
+        assert spec.kind in (INPUT, CAM, LAYER_MAP)
         assert spec.needs and isinstance(spec.needs, frozenset)
         assert spec.summary, f"{name} has no summary"
         names = [o.name for o in spec.options]

@@ -21,14 +21,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..core.metrics import pointing_game
-from ..core.methods import ACTIVATIONS, METHODS, run
+from ..core.methods import LAYER_MAP, METHODS, run
+from ..core.methods.support import runs
 from ..core.sanity import deletion_insertion_auc, randomisation_test
 from . import render, synthetic
 from .export import atomic_path, to_onnx, to_torchscript
 from .report import write_report
 
 #: Methods whose maps can point: everything but the activations themselves.
-POINTING = [m for m, spec in METHODS.items() if spec.kind != ACTIVATIONS]
+POINTING = [m for m, spec in METHODS.items() if spec.kind != LAYER_MAP]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +213,7 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
     table: List[Dict[str, Any]] = []
     torch_results: Dict[str, Any] = {}
     for backend, label in ((torch_backend, "torch"), (onnx_backend, "onnx")):
-        methods = [m for m in METHODS if METHODS[m].needs <= backend.capabilities]
+        methods = [m for m in METHODS if runs(backend, m)]
         for method in methods:
             exp, seconds = _timed(backend, x_all[pointing], method, options)
             row = {"method": method, "backend": label, "pointing_game": None, "seconds": seconds,
@@ -358,7 +359,7 @@ def _figures(out, model, backend, data, x_all, shown_pos, shown, shown_exps) -> 
                     os.path.join(out, "feature_maps.png"))
     render.save_png(render.filter_grid(cnnlens.filters(backend), title="first-layer filters"),
                     os.path.join(out, "filters.png"))
-    maps = {m: exp.maps for m, exp in shown_exps.items() if METHODS[m].kind != ACTIVATIONS}
+    maps = {m: exp.maps for m, exp in shown_exps.items() if METHODS[m].kind != LAYER_MAP}
     titles = ["square" if data.labels[i] else "no square" for i in shown]
     render.save_png(render.methods_grid(data.images[shown], maps, titles, title="every method, held-out images"),
                     os.path.join(out, "methods.png"))

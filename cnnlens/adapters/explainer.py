@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..core.errors import InvalidInputError, LayerError, ModelError
-from ..core.methods import HEAD_LAYER, lookup
-from .explainer_request import check_capabilities, layers_of, method_names, pass_size, resolve_options
+from ..core.methods import HEAD_LAYER, exportable_methods, lookup
+from ..core.methods.support import require
+from .explainer_request import layers_of, method_names, pass_size, resolve_options
 from .explainer_source import onnx_source
 from .export import atomic_path
 
@@ -101,7 +102,8 @@ def export_explainer(model: Any, path: str, methods: Union[str, Sequence[str]] =
     source = onnx_source(model, input_shape, output=output, layout=layout, opset=opset, exporter=exporter,
                          trust_pickle=trust_pickle)
     backend = source.backend
-    check_capabilities(names, backend.capabilities, backend.limits)
+    for name in names:  # of the methods that run on this model, the alternatives that export
+        require(backend, name, among=exportable_methods())
     image = _image_shape(backend, input_shape)
     from ..backends.onnx.explainer import MethodRequest, build_explainer, check_names
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..core.errors import InvalidInputError, LayerError, UnsupportedError
-from ..core.methods import HEAD_LAYER, LAYERS, ONE_LAYER, exportable_methods, lookup, supported_methods
+from ..core.methods import HEAD_LAYER, LAYERS, ONE_LAYER, exportable_methods, lookup
 from ..core.methods.registry import Method
 
 #: the methods the explainer runs in a Loop, each with the kind of pass (``backend.batch_size(kind,
@@ -39,18 +39,6 @@ def method_names(methods: Union[str, Sequence[str]]) -> List[str]:
             raise UnsupportedError(f"{name} cannot be written into an explainer file: {method.not_exportable}. "
                                    f"Methods that export: {', '.join(exportable_methods())}")
     return names
-
-
-def check_capabilities(names: Sequence[str], capabilities: frozenset, limits: Mapping[str, str]) -> None:
-    """An UnsupportedError naming what the model lacks for a method, and what it can export instead."""
-    for name in names:
-        missing = lookup(name).needs - capabilities
-        if missing:
-            reasons = list(dict.fromkeys(limits[m] for m in sorted(missing) if m in limits))
-            why = f" ({'; '.join(reasons)})" if reasons else ""
-            can = [m for m in supported_methods(capabilities) if lookup(m).exportable]
-            raise UnsupportedError(f"{name} needs {', '.join(sorted(missing))}, which this model does not allow{why}. "
-                                   f"It can export: {', '.join(can) or 'no method'}")
 
 
 def resolve_options(names: Sequence[str], shared: Mapping[str, Any],

@@ -12,9 +12,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..core.errors import CnnlensError, InvalidInputError, ModelError, UnsupportedError
+from ..core.errors import CnnlensError, InvalidInputError, ModelError
 from ..core.mapstats import summarise
-from ..core.methods import lookup, run, supported_methods
+from ..core.methods import run
+from ..core.methods.support import require
 from ..core.targets import probabilities
 from .arrow import RESULT_COLUMNS
 from .job import AuditJob
@@ -88,10 +89,8 @@ class BatchExplainer:
     """Explains batches of prepared images with every method of ``job`` on ``backend``."""
 
     def __init__(self, backend: Any, job: AuditJob, class_names: Optional[Sequence[str]] = None):
-        missing = [m for m in job.methods if not lookup(m).needs <= backend.capabilities]
-        if missing:
-            raise UnsupportedError(f"the {backend.name} backend cannot run {', '.join(missing)}; it runs: "
-                                   f"{', '.join(supported_methods(backend.capabilities))}")
+        for method in job.methods:
+            require(backend, method, context="audit: ")
         self.backend, self.job = backend, job
         self.names = list(class_names) if class_names is not None else None
 

@@ -11,7 +11,7 @@ import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..core.errors import InvalidInputError
-from ..core.methods import ACTIVATIONS, lookup
+from ..core.methods import LAYER_MAP, lookup
 from .sources import Item
 
 #: ``--target``: what each image's map explains.
@@ -51,7 +51,7 @@ class AuditJob:
         methods = tuple(lookup(m).name for m in self.methods)
         if not methods:
             raise InvalidInputError("no methods given: name at least one, e.g. gradcam")
-        flat = [m for m in methods if lookup(m).kind == ACTIVATIONS]
+        flat = [m for m in methods if lookup(m).kind == LAYER_MAP]
         if flat:
             raise InvalidInputError(f"{flat[0]} gives activations, not a heat map, and cannot be audited: "
                                     f"choose an attribution method (gradcam, saliency, occlusion, ...)")

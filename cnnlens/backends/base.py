@@ -1,90 +1,17 @@
-"""The Backend protocol: what the NumPy core asks of a model, NumPy in and out, batch first."""
+"""What the backends share beyond the contract: batch sizes, the randomisation layers check. The
+contract itself (the ``Backend`` protocol and the capability names) is ``cnnlens.core.backend``,
+re-exported here for the backends."""
 
 from __future__ import annotations
 
-from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Union
 
 import numpy as np
 
-try:  # Python >= 3.8
-    from typing import Protocol, runtime_checkable
-except ImportError:  # pragma: no cover
-    from typing_extensions import Protocol, runtime_checkable  # type: ignore
-
-from ..core import occlusion
+from ..core.backend import (ACTIVATIONS, CAPABILITIES, FORWARD, GRADIENTS, INCREMENTAL_OCCLUSION,  # noqa: F401
+                            INPUT_GRADIENTS, LAYER_GRADIENTS, LINEAR_HEAD, RANDOMISE, RELU_RULES, REPLACE_LAYER,
+                            WEIGHTS, Backend, GradLogits, check_capabilities)
 from ..core.errors import InvalidInputError, LayerError
-from ..core.types import Layer, Pass
-
-GradLogits = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]
-
-#: Capability names a backend may declare.
-FORWARD = "forward"                    # logits for a batch
-ACTIVATIONS = "activations"            # named layers' outputs
-INPUT_GRADIENTS = "input_gradients"    # d(output)/d(input)
-LAYER_GRADIENTS = "layer_gradients"    # d(output)/d(layer output)
-RELU_RULES = "relu_rules"              # guided / deconvnet ReLU backward
-WEIGHTS = "weights"                    # a layer's weight tensor
-LINEAR_HEAD = "linear_head"            # GAP -> linear head found automatically (CAM)
-RANDOMISE = "randomise"                # a copy with some layers' learned weights re-drawn
-REPLACE_LAYER = "replace_layer"        # outputs with one layer's output replaced (Ablation-CAM)
-INCREMENTAL_OCCLUSION = occlusion.INCREMENTAL  # occluded copies scored from cached activations
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """A model driven by one framework. See DESIGN.md, "backends"."""
-
-    name: str
-    capabilities: FrozenSet[str]
-    #: how the model takes images ("NCHW" or "NHWC"); every backend takes and gives NCHW arrays
-    layout: str
-
-    def layers(self, input_shape: Optional[Tuple[int, ...]] = None) -> List[Layer]:
-        """The model's layers in execution order."""
-
-    def resolve_layer(self, name: str) -> str:
-        """The canonical name of a layer, or a LayerError listing the closest names."""
-
-    def default_layer(self, input_shape: Tuple[int, ...]) -> str:
-        """The last layer whose output is still spatial (the CAM family's default)."""
-
-    def forward(self, x: np.ndarray, layers: Sequence[str] = ()) -> Pass:
-        """Logits and the named layers' activations."""
-
-    def backward(self, x: np.ndarray, grad_logits: GradLogits, layers: Sequence[str] = (),
-                 relu: str = "plain", input_grad: bool = True) -> Pass:
-        """One forward pass and its backward: logits, the input gradient (if asked) and the
-        named layers' activations and gradients. ``grad_logits`` is an (N, K) array or a
-        function of the logits that returns one; a ``core.targets.ClassSeed`` (such a function)
-        also says which classes it picks, so a backend may build the rows itself (ONNX does, to
-        keep one pass). ``relu`` ("plain", "guided", "deconv") is the ReLU rule for the input
-        gradient; layer gradients are always the true ones."""
-
-    def linear_head(self, x: np.ndarray, layer: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-        """For a GAP -> linear head: (logits, the pooled activations (N, K, h, w), the linear
-        weights (classes, K), the pooled tensor's layer name)."""
-
-    def replaced(self, x: np.ndarray, layer: str, values: np.ndarray) -> np.ndarray:
-        """The outputs (B, ...) of the model run on from layer ``layer``, its output replaced by
-        ``values`` (B, K, h, w, NCHW); ``x`` holds one image (shared by every replacement) or B
-        (what the model needs of the image besides that layer)."""
-
-    def weights(self, layer: Optional[str] = None) -> np.ndarray:
-        """A layer's weight tensor (the first convolution when ``layer`` is None)."""
-
-    def batch_size(self, kind: str, image_shape: Tuple[int, ...]) -> int:
-        """A batch size for ``kind`` ("forward" or "backward") passes of images of this shape."""
-
-    def parameter_layers(self) -> List[str]:
-        """The layers that hold learned weights, in the order the forward pass runs them (bottom
-        to top): the layers ``randomised`` accepts."""
-
-    def randomised(self, layers: Sequence[str], seed: int = 0) -> "Backend":
-        """A new backend of the same kind over a copy of the model in which the named layers'
-        learned parameters are re-drawn (the model-parameter randomisation test of Adebayo et al.
-        2018); the user's model is never changed. The same ``seed`` gives the same draws; layer
-        ``layers[i]`` draws from seed ``seed + i``, so a cascade that grows a prefix keeps its
-        earlier draws."""
 
 
 #: On a CPU, convolutions run fastest while one layer's output for the whole batch stays near

@@ -14,11 +14,6 @@ from .errors import InvalidInputError
 
 Pair = Union[int, Tuple[int, int]]
 
-#: The capability of a backend that scores occluded copies of an image from its cached
-#: activations (``backend.occluder(image, window)``); declared here, read by the backends' list.
-INCREMENTAL = "incremental_occlusion"
-
-
 def as_pair(value: Pair, name: str) -> Tuple[int, int]:
     """An int or (h, w) pair of positive ints, validated."""
     pair = (value, value) if np.isscalar(value) else tuple(value)  # type: ignore[arg-type]

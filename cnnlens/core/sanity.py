@@ -16,13 +16,12 @@ import numpy as np
 
 from . import faithfulness as faith
 from . import progress
-from .errors import InvalidInputError, UnsupportedError
+from .backend import RANDOMISE
+from .errors import InvalidInputError
 from .methods import Backend, run
+from .methods.support import require_capability
 from .targets import Target, objective
 from .types import Explanation
-
-RANDOMISE = "randomise"
-
 
 def cascade_points(count: int, steps: Optional[int]) -> List[int]:
     """How many top layers are randomised at each reported step: 1, ..., ``count`` (all of them),
@@ -60,8 +59,7 @@ def randomisation_test(backend: Backend, x: np.ndarray, methods: Sequence[str], 
     The user's model is never changed: each step explains a randomised copy. ``originals``: the
     methods' explanations of ``x`` already computed with these options, to reuse.
     """
-    if RANDOMISE not in backend.capabilities:
-        raise UnsupportedError(f"the {backend.name} backend cannot randomise its weights")
+    require_capability(backend, RANDOMISE, "the randomisation test")
     options = options or {}
     order = list(backend.parameter_layers() if layers is None else layers)
     cascade = order[::-1]  # top first

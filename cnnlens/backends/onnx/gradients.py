@@ -20,7 +20,6 @@ from .graph import Graph, node_name
 from .shapes import TensorTypes
 from .. import base
 
-GRADIENT_CAPABILITIES = frozenset({base.INPUT_GRADIENTS, base.LAYER_GRADIENTS, base.RELU_RULES})
 
 
 def _describe(problems: List[Tuple[onnx.NodeProto, str]], shown: int = 3) -> str:
@@ -46,7 +45,7 @@ def gradient_capabilities(graph: Graph, output: str) -> Tuple[FrozenSet[str], Di
     """(the gradient capabilities the model's ops allow, {missing capability: why})."""
     problems = autodiff.missing_rules(graph, output)
     if not problems:
-        return GRADIENT_CAPABILITIES, {}
+        return base.GRADIENTS, {}
     why = f"the gradient cannot pass {_describe(problems)}"
     limits = {base.INPUT_GRADIENTS: why, base.RELU_RULES: why}
     blocked = _upstream(graph, [n for n, _ in problems])
@@ -69,7 +68,7 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: autodiff.G
             still = supported_methods(capabilities - {base.INPUT_GRADIENTS, base.RELU_RULES})
             where, hint = "the input", ""
         else:
-            still = supported_methods(capabilities - GRADIENT_CAPABILITIES)
+            still = supported_methods(capabilities - base.GRADIENTS)
             where, hint = "this layer", "name a layer above that node, or use "
         raise UnsupportedError(
             f"cannot differentiate this ONNX model from {where} to its scores: {error}. On this model "

@@ -5,10 +5,10 @@ run through ``run``. METHODS.md defines what each computes."""
 from . import input_gradients, cam_family, perturbation, activations  # noqa: F401,I001
 from .common import Backend, LayerSpec, check_images
 from .dispatch import run
-from .registry import (ACTIVATIONS, CAM, HEAD_LAYER, INPUT, LAYERS, METHODS, NO_LAYER, ONE_LAYER, Method, Option, all_options,
+from .registry import (LAYER_MAP, CAM, HEAD_LAYER, INPUT, LAYERS, METHODS, NO_LAYER, ONE_LAYER, Method, Option, all_options,
                        exportable_methods, lookup, supported_methods)
 from .input_gradients import SMOOTHGRAD_VARIANTS
 
 __all__ = ["METHODS", "Method", "Option", "run", "check_images", "supported_methods", "lookup", "all_options",
-           "LayerSpec", "Backend", "INPUT", "CAM", "ACTIVATIONS", "NO_LAYER", "ONE_LAYER", "LAYERS", "HEAD_LAYER",
+           "LayerSpec", "Backend", "INPUT", "CAM", "LAYER_MAP", "NO_LAYER", "ONE_LAYER", "LAYERS", "HEAD_LAYER",
            "SMOOTHGRAD_VARIANTS", "exportable_methods"]

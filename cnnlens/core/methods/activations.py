@@ -6,14 +6,15 @@ from typing import Optional
 
 import numpy as np
 
+from ..backend import ACTIVATIONS
 from ..errors import LayerError
 from ..targets import Target, objective
 from ..types import Explanation
 from .common import Backend, LayerSpec, forward_batch, forward_layers, layer_names, layer_value
-from .registry import ACTIVATIONS, LAYERS, register
+from .registry import LAYER_MAP, LAYERS, register
 
 
-@register("feature_maps", needs=["activations"], kind=ACTIVATIONS, layer=LAYERS)
+@register("feature_maps", needs={ACTIVATIONS}, kind=LAYER_MAP, layer=LAYERS)
 def feature_maps(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                  batch_size: Optional[int] = None) -> Explanation:
     """A layer's activations ``A`` (the last spatial layer when ``layer`` is None)."""

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..backend import ACTIVATIONS, INPUT_GRADIENTS, LAYER_GRADIENTS, LINEAR_HEAD, RELU_RULES
 from .. import cam as cam_ops
 from ..errors import LayerError
 from ..resize import resize_bilinear
@@ -63,10 +64,10 @@ def _gradient_cam(name: str) -> Callable:
 
 
 for _name in cam_ops.GRADIENT_CAMS:
-    globals()[_name] = register(_name, needs=["layer_gradients"], kind=CAM, layer=LAYERS)(_gradient_cam(_name))
+    globals()[_name] = register(_name, needs={LAYER_GRADIENTS}, kind=CAM, layer=LAYERS)(_gradient_cam(_name))
 
 
-@register("guided_gradcam", needs=["layer_gradients", "input_gradients", "relu_rules"], kind=INPUT, layer=LAYERS)
+@register("guided_gradcam", needs={LAYER_GRADIENTS, INPUT_GRADIENTS, RELU_RULES}, kind=INPUT, layer=LAYERS)
 def guided_gradcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                    batch_size: Optional[int] = None) -> Explanation:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled Grad-CAM, one pass.
@@ -78,7 +79,7 @@ def guided_gradcam(backend: Backend, x: np.ndarray, target: Target, layer: Layer
     return Explanation("guided_gradcam", cam_ops.guided_gradcam(guided, cams), record, outputs, layer=names)
 
 
-@register("cam", needs=["linear_head"], kind=CAM, layer=HEAD_LAYER)
+@register("cam", needs={LINEAR_HEAD}, kind=CAM, layer=HEAD_LAYER)
 def cam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
         batch_size: Optional[int] = None) -> Explanation:
     """CAM (Zhou et al. 2016) for a model ending in GAP -> linear: ``ReLU(sum_k W[c, k] A_k)``."""
@@ -100,7 +101,7 @@ def cam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
     return Explanation("cam", maps, objective(target, outputs).record, outputs, layer=used)
 
 
-@register("eigencam", needs=["activations"], kind=CAM, layer=LAYERS,
+@register("eigencam", needs={ACTIVATIONS}, kind=CAM, layer=LAYERS,
           not_exportable="it takes an eigendecomposition per image, which no standard ONNX op computes")
 def eigencam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
              batch_size: Optional[int] = None) -> Explanation:

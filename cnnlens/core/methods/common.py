@@ -6,11 +6,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..backend import Backend  # the contract: the core never imports a backend
 from ..errors import InvalidInputError, LayerError
 from ..targets import ClassSeed, Objective, OutputWeights, Target, is_single, objective
-
-#: Any object implementing ``cnnlens.backends.base.Backend`` (the core never imports backends).
-Backend = Any
 
 LayerSpec = Union[None, str, Sequence[str]]
 

@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, LayerError, TargetError, UnsupportedError
+from ..errors import InvalidInputError, LayerError, TargetError
 from ..targets import Target, is_single, is_weights, output_weights
 from ..types import Explanation
 from .common import Backend, LayerSpec, check_images
-from .registry import lookup, supported_methods
+from .support import require
 
 
 def _check_target(backend: Backend, target: Target, images: np.ndarray) -> Target:
@@ -35,16 +35,7 @@ def _check_target(backend: Backend, target: Target, images: np.ndarray) -> Targe
 def run(backend: Backend, x: Any, method: str, target: Target = None, layer: LayerSpec = None,
         **options: Any) -> Explanation:
     """Validate the request (method, capabilities, options, layer, images, target), then run ``method``."""
-    spec = lookup(method)
-    missing = spec.needs - backend.capabilities
-    if missing:
-        limits = getattr(backend, "limits", None) or {}
-        reasons = list(dict.fromkeys(limits[m] for m in sorted(missing) if m in limits))
-        why = f" for this model ({'; '.join(reasons)})" if reasons else ""
-        raise UnsupportedError(
-            f"{method} needs {', '.join(sorted(missing))}, which the {backend.name} backend does not "
-            f"provide{why}. On this backend use one of: {', '.join(supported_methods(backend.capabilities))}"
-        )
+    spec = require(backend, method)
     checked = spec.check_options(options)
     if layer is not None and not spec.layered:
         raise LayerError(f"{method} explains the input and takes no layer; layers are for the CAM family and "

@@ -8,13 +8,15 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from .. import progress
-from ..errors import InvalidInputError, UnsupportedError
+from ..backend import INPUT_GRADIENTS, RELU_RULES
+from ..errors import InvalidInputError
 from ..integration import RULES, integration_points
 from ..noise import RunningStats, image_generators, noise_sigma
 from ..occlusion import as_baseline
 from ..targets import ClassSeed, Target, objective
 from ..types import Explanation
 from .common import Backend, LayerSpec, backward_batch, batches, clean_pass, seed
+from .support import require
 from .registry import BASELINE, INPUT, METHODS, SEED, Option, fraction, lookup, one_of, positive_int, register
 
 Attribution = Tuple[np.ndarray, np.ndarray]  # (maps, outputs at the images)
@@ -46,7 +48,7 @@ def _deconv(backend, x, target, batch):
     return _gradients(backend, x, target, "deconv", batch)
 
 
-@register("saliency", needs=["input_gradients"], kind=INPUT, attribute=_plain)
+@register("saliency", needs={INPUT_GRADIENTS}, kind=INPUT, attribute=_plain)
 def saliency(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
              batch_size: Optional[int] = None) -> Explanation:
     """Vanilla gradient (Simonyan et al. 2013): ``dy_c/dx``, signed."""
@@ -54,7 +56,7 @@ def saliency(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
     return _explanation("saliency", maps, outputs, target)
 
 
-@register("guided_backprop", needs=["input_gradients", "relu_rules"], kind=INPUT, attribute=_guided)
+@register("guided_backprop", needs={INPUT_GRADIENTS, RELU_RULES}, kind=INPUT, attribute=_guided)
 def guided_backprop(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                     batch_size: Optional[int] = None) -> Explanation:
     """Guided backpropagation (Springenberg et al. 2014): ReLU backward ``1{s>0} 1{g>0} g``."""
@@ -62,7 +64,7 @@ def guided_backprop(backend: Backend, x: np.ndarray, target: Target, layer: Laye
     return _explanation("guided_backprop", maps, outputs, target)
 
 
-@register("deconvnet", needs=["input_gradients", "relu_rules"], kind=INPUT, attribute=_deconv)
+@register("deconvnet", needs={INPUT_GRADIENTS, RELU_RULES}, kind=INPUT, attribute=_deconv)
 def deconvnet(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
               batch_size: Optional[int] = None) -> Explanation:
     """Deconvnet (Zeiler & Fergus 2014): ReLU backward ``1{g>0} g``."""
@@ -75,7 +77,7 @@ def _input_x_gradient(backend, x, target, batch):
     return x * grads, outputs
 
 
-@register("input_x_gradient", needs=["input_gradients"], kind=INPUT, attribute=_input_x_gradient)
+@register("input_x_gradient", needs={INPUT_GRADIENTS}, kind=INPUT, attribute=_input_x_gradient)
 def input_x_gradient(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                      batch_size: Optional[int] = None) -> Explanation:
     """Input x Gradient (Shrikumar et al. 2016): ``x * dy_c/dx``."""
@@ -133,7 +135,7 @@ def _integrated_attribution(backend, x, target, batch, steps=50, baseline=0.0, r
     return maps, outputs
 
 
-@register("integrated_gradients", needs=["input_gradients"], kind=INPUT, options=[STEPS, BASELINE, RULE],
+@register("integrated_gradients", needs={INPUT_GRADIENTS}, kind=INPUT, options=[STEPS, BASELINE, RULE],
           attribute=_integrated_attribution)
 def integrated_gradients(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                          steps: int = 50, baseline: Any = 0.0, rule: str = "gausslegendre",
@@ -167,7 +169,7 @@ def _base_options(value: Any) -> Dict[str, Any]:
     return dict(value)
 
 
-@register("smoothgrad", needs=["input_gradients"], kind=INPUT, not_exportable="it draws fresh noise on every call: "
+@register("smoothgrad", needs={INPUT_GRADIENTS}, kind=INPUT, not_exportable="it draws fresh noise on every call: "
           "a file can only repeat stored noise, which for an image weighs as much as a model", options=[
     Option("samples", 25, "noisy samples per image (25)", positive_int("samples"), int),
     Option("noise", 0.15, "noise sigma as a fraction of each image's value range (0.15)",
@@ -192,11 +194,7 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
     generator, so the result does not depend on ``batch_size``. The target of the unperturbed image
     is explained.
     """
-    base_method = METHODS[base]
-    missing = base_method.needs - backend.capabilities
-    if missing:
-        raise UnsupportedError(f"smoothgrad with base={base!r} needs {', '.join(sorted(missing))}, which the "
-                               f"{backend.name} backend lacks: use base='saliency'")
+    base_method = require(backend, base, context=f"smoothgrad's base={base!r}: ", instead="Use base='saliency'")
     extra = base_method.check_options(base_options or {}, skip=("batch_size",), context="base_options: ")
     batch = backward_batch(backend, batch_size, x)
     outputs, goal = clean_pass(backend, x, target, batch)

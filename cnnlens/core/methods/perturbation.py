@@ -4,14 +4,15 @@ RISE ((N, H, W), what hiding parts of the image does to the score)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union, cast
 
 import numpy as np
 
 from .. import cam as cam_ops
 from .. import progress
 from ..errors import InvalidInputError
-from ..occlusion import INCREMENTAL, OcclusionGrid, as_baseline, as_pair
+from ..backend import ACTIVATIONS, FORWARD, INCREMENTAL_OCCLUSION, REPLACE_LAYER, Occluding
+from ..occlusion import OcclusionGrid, as_baseline, as_pair
 from ..resize import resize_bilinear
 from ..rise import RiseMasks
 from ..targets import Target, objective
@@ -27,7 +28,7 @@ def _layer_activations(backend: Backend, x: np.ndarray, target: Target, layer: L
     return name, spatial(name, activations[name], method), outputs, objective(target, outputs)
 
 
-@register("scorecam", needs=["activations"], kind=CAM, layer=ONE_LAYER)
+@register("scorecam", needs={ACTIVATIONS}, kind=CAM, layer=ONE_LAYER)
 def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
              batch_size: Optional[int] = None) -> Explanation:
     """Score-CAM (Wang et al. 2020): ``ReLU(sum_k beta_k A_k)``, ``beta = softmax_k y_c(x * M_k)``.
@@ -64,7 +65,7 @@ def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
 ABLATION_ELEMENTS = 2 ** 24
 
 
-@register("ablationcam", needs=["activations", "replace_layer"], kind=CAM, layer=ONE_LAYER,
+@register("ablationcam", needs={ACTIVATIONS, REPLACE_LAYER}, kind=CAM, layer=ONE_LAYER,
           not_exportable="it runs the network on from the layer once per channel, and the explainer does not "
           "write that network twice yet")
 def ablationcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
@@ -111,7 +112,7 @@ def _yes_no(text: str) -> bool:
     return words[text.lower()]
 
 
-@register("occlusion", needs=["forward"], kind=CAM, not_exportable="it runs the model once per window; the explainer "
+@register("occlusion", needs={FORWARD}, kind=CAM, not_exportable="it runs the model once per window; the explainer "
           "does not write such a loop yet", options=[
     Option("window", None, "window side in pixels (1/14 of the shorter side)", None, int),
     Option("stride", None, "step in pixels (half the window)", None, int),
@@ -150,7 +151,7 @@ def occlusion(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec,
     engines = np.full(len(x), "brute force", dtype=object)
     done = np.zeros(len(x), dtype=bool)
     with progress.task("occlusion", len(owners)) as advance:
-        if incremental and INCREMENTAL in backend.capabilities:
+        if incremental and INCREMENTAL_OCCLUSION in backend.capabilities:
             for i in range(len(x)):
                 done[i], engines[i] = _occlude_incrementally(backend, x, i, grid, fill, batch, batch_size is not None,
                                                              goal, clean, drops, advance)
@@ -171,7 +172,7 @@ def _occlude_incrementally(backend: Backend, x: np.ndarray, i: int, grid: Occlus
                            advance: Any) -> Tuple[bool, str]:
     """Image ``i``'s score drops (into ``drops``) from the backend's occluder: (True, what ran), or
     (False, what runs instead and why) when the backend will not do it (nothing done)."""
-    score, engine = backend.occluder(x[i], grid.window)  # type: ignore[attr-defined]
+    score, engine = cast(Occluding, backend).occluder(x[i], grid.window)
     if score is None:
         return False, engine
     positions = len(grid)
@@ -189,7 +190,7 @@ def _occlude_incrementally(backend: Backend, x: np.ndarray, i: int, grid: Occlus
     return True, engine
 
 
-@register("rise", needs=["forward"], kind=CAM, not_exportable="it draws thousands of random masks per call; stored "
+@register("rise", needs={FORWARD}, kind=CAM, not_exportable="it draws thousands of random masks per call; stored "
           "in the file they would outweigh most models", options=[
     Option("masks", 4000, "random masks per image (4000)", positive_int("masks"), int),
     Option("cell", 7, "the masks' grid is cell x cell (7)", positive_int("cell"), int),

@@ -12,11 +12,12 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tup
 
 import numpy as np
 
+from ..backend import check_capabilities
 from ..errors import InvalidInputError, UnknownMethodError
 
 #: kinds of map: an attribution over the input's pixels and channels (N, C, H, W); a CAM-like
 #: heatmap over the image (N, H, W); a layer's activations (N, K, h, w)
-INPUT, CAM, ACTIVATIONS = "input", "cam", "activations"
+INPUT, CAM, LAYER_MAP = "input", "cam", "activations"
 #: how a method takes ``layer``: not at all; one layer; one or a list served by one pass; at most the
 #: one layer the model's head pools, which the method finds itself (CAM)
 NO_LAYER, ONE_LAYER, LAYERS, HEAD_LAYER = "none", "one", "many", "head"
@@ -161,7 +162,7 @@ def register(name: str, *, needs: Sequence[str], kind: str, layer: str = NO_LAYE
                 if same and same[0].cli_type is not option.cli_type:
                     raise TypeError(f"option {option.name!r} of {name} and {other.name} must take the same type")
         summary = (inspect.getdoc(function) or "").split("\n")[0]
-        METHODS[name] = Method(name, function, frozenset(needs), kind, layer, all_options, summary, attribute,
+        METHODS[name] = Method(name, function, check_capabilities(frozenset(needs), f"method {name}"), kind, layer, all_options, summary, attribute,
                                not_exportable)
         return function
     return decorate

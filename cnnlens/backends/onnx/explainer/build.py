@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ....core.errors import UnsupportedError
-from ....core.methods import ACTIVATIONS, INPUT, lookup
+from ....core.methods import LAYER_MAP, INPUT, lookup
 from ..autodiff import UnsupportedOp
 from ..view import ModelView
 from . import heads
@@ -38,7 +38,7 @@ def map_shape(kind: str, request: MethodRequest, build: Build, normalize: bool) 
     """The shape of a method's map output ("N" for the batch)."""
     c, h, w = build.image
     layers = (len(request.layers),) if request.as_list else ()
-    if kind == ACTIVATIONS:
+    if kind == LAYER_MAP:
         return ("N",) + layers + build.layer_shape(request.layers[0])
     if kind == INPUT and not normalize:
         return ("N",) + layers + (c, h, w)

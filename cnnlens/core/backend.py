@@ -1,0 +1,144 @@
+"""The contract between the NumPy core and a backend, declared once: the capabilities a backend may
+have (each name defined here, with what it means), the ``Backend`` protocol (NumPy in and out, batch
+first, NCHW), and the one reader of a backend's optional members. The core never imports a backend;
+every backend (``cnnlens.backends``) implements this protocol. Whether a *method* can run on a
+backend is decided in one place, ``core.methods.support.require``."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple, Union, \
+    runtime_checkable
+
+import numpy as np
+
+from .types import Layer, Pass
+
+#: Capability names, each with what a backend that declares it provides. A method's ``needs`` and a
+#: backend's ``capabilities`` are sets of these names.
+FORWARD = "forward"
+ACTIVATIONS = "activations"
+INPUT_GRADIENTS = "input_gradients"
+LAYER_GRADIENTS = "layer_gradients"
+RELU_RULES = "relu_rules"
+WEIGHTS = "weights"
+LINEAR_HEAD = "linear_head"
+RANDOMISE = "randomise"
+REPLACE_LAYER = "replace_layer"
+INCREMENTAL_OCCLUSION = "incremental_occlusion"
+
+CAPABILITIES: Dict[str, str] = {
+    FORWARD: "the outputs for a batch of images (`forward`)",
+    ACTIVATIONS: "named layers' outputs (`forward(x, layers)`)",
+    INPUT_GRADIENTS: "the gradient of the explained score with respect to the input (`backward`)",
+    LAYER_GRADIENTS: "the gradient of the explained score with respect to a layer's output (`backward`)",
+    RELU_RULES: "the guided and deconvnet ReLU rules for the input gradient (`backward(relu=...)`)",
+    WEIGHTS: "a layer's weight tensor (`weights`)",
+    LINEAR_HEAD: "a global-average-pool -> linear head, found automatically (`linear_head`, for CAM)",
+    RANDOMISE: "a copy with some layers' learned weights re-drawn (`randomised`, the sanity test)",
+    REPLACE_LAYER: "the outputs with one layer's output replaced (`replaced`, for Ablation-CAM)",
+    INCREMENTAL_OCCLUSION: "occluded copies of an image scored from its cached activations (`occluder`)",
+}
+
+#: the gradients of a ``backward`` pass (a backend that runs no backward has none of them)
+GRADIENTS = frozenset({INPUT_GRADIENTS, LAYER_GRADIENTS, RELU_RULES})
+
+GradLogits = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]
+
+
+def check_capabilities(names: FrozenSet[str], owner: str) -> FrozenSet[str]:
+    """``names`` if every one is a declared capability, else a TypeError naming the stray ones
+    (a typo in a method's ``needs`` or a backend's list fails at import, not at run time)."""
+    stray = sorted(set(names) - set(CAPABILITIES))
+    if stray:
+        raise TypeError(f"{owner}: unknown capabilities {stray}; the capabilities are {sorted(CAPABILITIES)}")
+    return frozenset(names)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A model driven by one framework (DESIGN.md, "backends"). Every backend has the members
+    without a capability; the others are called only when ``capabilities`` holds theirs."""
+
+    name: str
+    capabilities: FrozenSet[str]
+    #: how the model takes images ("NCHW" or "NHWC"); every backend takes and gives NCHW arrays
+    layout: str
+
+    # ------------------------------------------------------------ every backend
+
+    def layers(self, input_shape: Optional[Tuple[int, ...]] = None) -> List[Layer]:
+        """The model's layers in execution order."""
+
+    def resolve_layer(self, name: str) -> str:
+        """The canonical name of a layer, or a LayerError listing the closest names."""
+
+    def default_layer(self, input_shape: Tuple[int, ...]) -> str:
+        """The last layer whose output is still spatial (the CAM family's default)."""
+
+    def batch_size(self, kind: str, image_shape: Tuple[int, ...]) -> int:
+        """A batch size for ``kind`` ("forward" or "backward") passes of images of this shape."""
+
+    # ------------------------------------------------------------ FORWARD, ACTIVATIONS
+
+    def forward(self, x: np.ndarray, layers: Sequence[str] = ()) -> Pass:
+        """Logits and the named layers' activations."""
+
+    # ------------------------------------------------------------ INPUT_GRADIENTS, LAYER_GRADIENTS, RELU_RULES
+
+    def backward(self, x: np.ndarray, grad_logits: GradLogits, layers: Sequence[str] = (),
+                 relu: str = "plain", input_grad: bool = True) -> Pass:
+        """One forward pass and its backward: logits, the input gradient (if asked) and the
+        named layers' activations and gradients. ``grad_logits`` is an (N, K) array or a
+        function of the logits that returns one; a ``core.targets.ClassSeed`` (such a function)
+        also says which classes it picks, so a backend may build the rows itself (ONNX does, to
+        keep one pass). ``relu`` ("plain", "guided", "deconv") is the ReLU rule for the input
+        gradient; layer gradients are always the true ones."""
+
+    # ------------------------------------------------------------ LINEAR_HEAD
+
+    def linear_head(self, x: np.ndarray, layer: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """For a GAP -> linear head: (logits, the pooled activations (N, K, h, w), the linear
+        weights (classes, K), the pooled tensor's layer name)."""
+
+    # ------------------------------------------------------------ REPLACE_LAYER
+
+    def replaced(self, x: np.ndarray, layer: str, values: np.ndarray) -> np.ndarray:
+        """The outputs (B, ...) of the model run on from layer ``layer``, its output replaced by
+        ``values`` (B, K, h, w, NCHW); ``x`` holds one image (shared by every replacement) or B
+        (what the model needs of the image besides that layer)."""
+
+    # ------------------------------------------------------------ WEIGHTS
+
+    def weights(self, layer: Optional[str] = None) -> np.ndarray:
+        """A layer's weight tensor (the first convolution when ``layer`` is None)."""
+
+    # ------------------------------------------------------------ RANDOMISE
+
+    def parameter_layers(self) -> List[str]:
+        """The layers that hold learned weights, in the order the forward pass runs them (bottom
+        to top): the layers ``randomised`` accepts."""
+
+    def randomised(self, layers: Sequence[str], seed: int = 0) -> "Backend":
+        """A new backend of the same kind over a copy of the model in which the named layers'
+        learned parameters are re-drawn (the model-parameter randomisation test of Adebayo et al.
+        2018); the user's model is never changed. The same ``seed`` gives the same draws; layer
+        ``layers[i]`` draws from seed ``seed + i``, so a cascade that grows a prefix keeps its
+        earlier draws."""
+
+
+@runtime_checkable
+class Occluding(Backend, Protocol):
+    """A backend with INCREMENTAL_OCCLUSION: the one capability whose member the other backends
+    lack altogether (read it after checking the capability: ``cast(Occluding, backend)``)."""
+
+    def occluder(self, image: np.ndarray, window: Tuple[int, int]) -> Tuple[Optional[Callable[..., np.ndarray]], str]:
+        """``(score, what runs)``: ``score(top, left, values)`` gives the outputs for ``image``
+        (C, H, W) with ``values[b]`` pasted at (top[b], left[b]), computed from cached activations;
+        or ``(None, "brute force...: why")`` when brute force must or should run instead."""
+
+
+def limits(backend: Backend) -> Mapping[str, str]:
+    """Why this backend lacks a capability it would have on another model ({capability: why};
+    the ONNX backend's, where an op has no gradient rule). Optional: empty when not declared."""
+    found = getattr(backend, "limits", None)
+    return dict(found) if found else {}
