@@ -87,6 +87,17 @@ def test_explain_target_and_layer(workdir):
     np.testing.assert_allclose(np.load("o/one_gradcam.npy"), exp.maps[0], rtol=1e-6, atol=1e-7)
 
 
+def test_a_flag_goes_to_the_chosen_methods_that_take_it(workdir):
+    """-l and --steps with gradcam and integrated_gradients: the layer is gradcam's, the steps IG's."""
+    assert main(["explain", "smallnet:build", "one.png", "-m", "gradcam,integrated_gradients", "-l", "conv1",
+                 "--steps", "3", "--size", "32", "32", "--out", "o", "--save-maps"]) == 0
+    x = _inputs(["one.png"])
+    np.testing.assert_allclose(np.load("o/one_gradcam.npy"), cnnlens.explain(_model(), x, "gradcam", layer="conv1").maps[0],
+                               rtol=1e-6, atol=1e-7)
+    want = cnnlens.explain(_model(), x, "integrated_gradients", steps=3).maps[0]
+    np.testing.assert_allclose(np.load("o/one_integrated_gradients.npy"), want, rtol=1e-5, atol=1e-7)
+
+
 def test_compare_torch_and_onnx(workdir, capsys):
     from cnnlens.adapters.export import to_onnx
 
@@ -118,6 +129,15 @@ def test_report_writes_one_self_contained_file(workdir, capsys):
     (["explain", "smallnet:build", "one.png", "-m", "saliency", "-t", "7", "--size", "32", "32"], "out of range"),
     (["explain", "smallnet:build", "one.png", "-m", "occlusion", "--window", "99", "--size", "32", "32"],
      "larger than the image"),
+    # a flag that applies to none of the chosen methods is refused, never dropped
+    (["explain", "smallnet:build", "one.png", "-m", "saliency", "-l", "conv1", "--size", "32", "32"],
+     "--layer does not apply to saliency: it explains the input. Layers are for gradcam"),
+    (["explain", "smallnet:build", "one.png", "-m", "gradcam,occlusion", "--steps", "4", "--size", "32", "32"],
+     "--steps does not apply to gradcam, occlusion: it is an option of integrated_gradients"),
+    (["sanity", "smallnet:build", "one.png", "-m", "saliency", "-l", "conv1", "--size", "32", "32"],
+     "--layer does not apply to saliency"),
+    (["compare", "smallnet:build", "smallnet:build", "one.png", "-m", "cam", "--masks", "9", "--size", "32", "32"],
+     "--masks does not apply to cam: it is an option of rise"),
 ])
 def test_errors_are_one_line_and_exit_2(workdir, capsys, argv, message):
     assert main(argv) == 2

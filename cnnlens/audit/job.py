@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..adapters.images import IMAGENET_MEAN, IMAGENET_STD
 from ..core.errors import InvalidInputError
 from ..core.methods import LAYER_MAP, lookup
 from .sources import Item
@@ -36,8 +37,8 @@ class AuditJob:
     layer: Optional[str] = None
     options: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = ()
     size: Tuple[int, int] = (224, 224)
-    mean: Tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: Tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: Tuple[float, ...] = IMAGENET_MEAN
+    std: Tuple[float, ...] = IMAGENET_STD
     channels: int = 3
     map_size: int = 56
     target: str = "predicted"

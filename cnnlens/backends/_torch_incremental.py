@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .torch import evaluating
+from ._torch_eval import evaluating
 
 #: A changed region covering more than this share of a layer's output map is computed as a
 #: whole batch from there on (measured: below it, the gathers and the smaller convolutions win).

@@ -21,6 +21,7 @@ from torch import nn
 from ..core.errors import InvalidInputError, LayerError, ModelError, unknown_layer
 from ..core.types import Layer, Pass
 from . import base
+from ._torch_eval import _EvalState, evaluating  # noqa: F401  (evaluating: the backends' public helper)
 from ._torch_head import HeadRecorder
 from ._torch_relu import ReluRuleMode
 from ._torch_replace import run_replaced
@@ -48,42 +49,6 @@ _NEEDS_CONTIGUOUS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 # ---------------------------------------------------------------- model state
-
-
-class _EvalState:
-    """Puts a model in eval mode for the duration of calls, restoring every module's own flag
-    when the last concurrent call on that model leaves (so threads sharing a model agree)."""
-
-    _lock = threading.Lock()
-    _active: Dict[int, Tuple[int, List[Tuple[nn.Module, bool]]]] = {}
-
-    @classmethod
-    @contextlib.contextmanager
-    def evaluating(cls, model: nn.Module) -> Iterator[None]:
-        key = id(model)
-        with cls._lock:
-            count, saved = cls._active.get(key, (0, []))
-            if count == 0:  # only the modules in training mode need switching (and restoring)
-                saved = [(m, True) for m in model.modules() if m.training]
-                for module, _ in saved:
-                    module.training = False
-            cls._active[key] = (count + 1, saved)
-        try:
-            yield
-        finally:
-            with cls._lock:
-                count, saved = cls._active[key]
-                if count == 1:
-                    del cls._active[key]
-                    for module, flag in saved:
-                        module.training = flag
-                else:
-                    cls._active[key] = (count - 1, saved)
-
-
-def evaluating(model: nn.Module):
-    """Context manager: ``model`` in eval mode inside, every module's own flag restored after."""
-    return _EvalState.evaluating(model)
 
 
 #: Models whose several outputs were explained by their first tensor, already warned about.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable, Dict
+
 import numpy as np
 
 
 def gradcam_weights(gradients: np.ndarray) -> np.ndarray:
     """Grad-CAM channel weights (Selvaraju et al. 2017): mean of (N, K, h, w) gradients over space -> (N, K)."""
-    return np.asarray(gradients, dtype=np.float32).mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
+    weights: np.ndarray = np.asarray(gradients, dtype=np.float32).mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
+    return weights
 
 
 def weighted_sum(activations: np.ndarray, weights: np.ndarray, relu: bool = True) -> np.ndarray:
@@ -18,7 +21,7 @@ def weighted_sum(activations: np.ndarray, weights: np.ndarray, relu: bool = True
     if weights.shape != (n, k):
         raise ValueError(f"weights must have shape {(n, k)}, got {weights.shape}")
     # (N, 1, K) @ (N, K, h*w): one BLAS call per image instead of a broadcast temporary.
-    summed = np.matmul(weights[:, None, :], activations.reshape(n, k, -1)).reshape(
+    summed: np.ndarray = np.matmul(weights[:, None, :], activations.reshape(n, k, -1)).reshape(
         (n,) + activations.shape[2:]
     )
     return np.maximum(summed, 0) if relu else summed
@@ -43,8 +46,10 @@ def guided_gradcam(guided: np.ndarray, upsampled_cam: np.ndarray) -> np.ndarray:
     guided = np.asarray(guided, dtype=np.float32)
     upsampled_cam = np.asarray(upsampled_cam, dtype=np.float32)
     if upsampled_cam.ndim == 4:
-        return guided[:, None] * upsampled_cam[:, :, None]
-    return guided * upsampled_cam[:, None]
+        layered: np.ndarray = guided[:, None] * upsampled_cam[:, :, None]
+        return layered
+    product: np.ndarray = guided * upsampled_cam[:, None]
+    return product
 
 
 def normalize_masks(upsampled: np.ndarray) -> np.ndarray:
@@ -58,7 +63,7 @@ def normalize_masks(upsampled: np.ndarray) -> np.ndarray:
         return np.where(span > 0, wide, 0).astype(np.float32)
     span = span.astype(np.float32)
     safe = np.where(span > 0, span, np.float32(1))
-    out = np.subtract(upsampled, low)
+    out: np.ndarray = np.subtract(upsampled, low)
     np.divide(out, safe, out=out)
     out *= span > 0  # constant channels -> 0
     return out
@@ -68,7 +73,8 @@ def softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax."""
     scores = np.asarray(scores, dtype=np.float64)
     shifted = np.exp(scores - scores.max(axis=axis, keepdims=True))
-    return (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32)
+    probabilities: np.ndarray = (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32)
+    return probabilities
 
 
 # ---------------------------------------------------------------- Grad-CAM's variants (pytorch-grad-cam 1.5)
@@ -82,25 +88,29 @@ def gradcampp_weights(activations: np.ndarray, gradients: np.ndarray) -> np.ndar
     g2 = g * g
     alpha = g2 / (2 * g2 + sums * g2 * g + 1e-6)
     alpha = np.where(g != 0, alpha, 0)
-    return (np.maximum(g, 0) * alpha).sum(axis=(2, 3)).astype(np.float32)
+    weights: np.ndarray = (np.maximum(g, 0) * alpha).sum(axis=(2, 3)).astype(np.float32)
+    return weights
 
 
 def xgradcam_weights(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     """XGrad-CAM (Fu et al. 2020) channel weights (N, K): ``sum_ij g A / (sum_ij A + 1e-7)``."""
     a = np.asarray(activations, dtype=np.float64)
     sums = a.sum(axis=(2, 3))
-    return (np.einsum("nkij,nkij->nk", np.asarray(gradients, dtype=np.float64), a) / (sums + 1e-7)).astype(np.float32)
+    weighted = np.einsum("nkij,nkij->nk", np.asarray(gradients, dtype=np.float64), a)
+    weights: np.ndarray = (weighted / (sums + 1e-7)).astype(np.float32)
+    return weights
 
 
 def elementwise_cam(activations: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``ReLU(sum_k W_k * A_k)`` with weights per position (N, K, h, w) -> (N, h, w)."""
     summed = np.einsum("nkij,nkij->nij", np.asarray(weights, dtype=np.float32),
                        np.asarray(activations, dtype=np.float32))
-    return np.maximum(summed, 0)
+    cams: np.ndarray = np.maximum(summed, 0)
+    return cams
 
 
 #: each CAM of Grad-CAM's pass, at layer resolution: (activations, gradients) -> ReLU'd (N, h, w)
-GRADIENT_CAMS = {
+GRADIENT_CAMS: Dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "gradcam": gradcam,
     "gradcampp": lambda a, g: weighted_sum(a, gradcampp_weights(a, g)),
     "xgradcam": lambda a, g: weighted_sum(a, xgradcam_weights(a, g)),
@@ -131,7 +141,8 @@ def eigencam(activations: np.ndarray) -> np.ndarray:
     agree = np.einsum("ni,ni->n", projection - projection.mean(axis=1, keepdims=True),
                       total - total.mean(axis=1, keepdims=True))
     projection = np.where(agree[:, None] < 0, -projection, projection)
-    return np.maximum(projection, 0).reshape(n, h, w).astype(np.float32)
+    cams: np.ndarray = np.maximum(projection, 0).reshape(n, h, w).astype(np.float32)
+    return cams
 
 
 def ablation_weights(clean: np.ndarray, ablated: np.ndarray) -> np.ndarray:

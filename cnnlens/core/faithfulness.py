@@ -7,7 +7,7 @@ SSIM (Wang et al. 2004) and the rank correlation of absolute values.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union, cast
 
 import numpy as np
 
@@ -39,7 +39,8 @@ def importance(maps: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
     (gradient methods) summed as |g| over channels. Other shapes: ValueError."""
     maps = np.asarray(maps, dtype=dtype)
     if maps.ndim == 4:
-        return np.abs(maps).sum(axis=1)
+        summed: np.ndarray = np.abs(maps).sum(axis=1)
+        return summed
     if maps.ndim != 3:
         raise ValueError(f"maps must be (N, H, W) or (N, C, H, W), got shape {maps.shape}")
     return maps
@@ -98,7 +99,8 @@ def gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
     """A normalised 1-D Gaussian (2 * radius + 1,) float64."""
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()
+    normalised: np.ndarray = kernel / kernel.sum()
+    return normalised
 
 
 def _filter_axis(values: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
@@ -172,7 +174,8 @@ def auc(curve: np.ndarray, axis: int = -1) -> np.ndarray:
     if points < 2:
         raise InvalidInputError(f"a curve needs at least 2 points for its area, got {points}")
     inner = curve.sum(axis=-1) - 0.5 * (curve[..., 0] + curve[..., -1])
-    return inner / (points - 1)
+    area: np.ndarray = inner / (points - 1)
+    return area
 
 
 def class_scores(logits: np.ndarray, classes: np.ndarray, score: str) -> np.ndarray:
@@ -182,7 +185,8 @@ def class_scores(logits: np.ndarray, classes: np.ndarray, score: str) -> np.ndar
         return pick(logits, classes)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_p = pick(shifted, classes) - np.log(np.exp(shifted).sum(axis=1))
-    return np.exp(log_p)
+    probability: np.ndarray = np.exp(log_p)
+    return probability
 
 
 def _check_maps(maps: Any, x: np.ndarray) -> np.ndarray:
@@ -323,7 +327,7 @@ def normalise_unit(maps: np.ndarray) -> np.ndarray:
     return magnitude / np.where(peak > 0, peak, 1.0)
 
 
-def _check_pair(a: Any, b: Any, name: str) -> tuple:
+def _check_pair(a: Any, b: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim < 2 or len(a) == 0:
         raise InvalidInputError(
@@ -336,7 +340,8 @@ def _local_means(values: np.ndarray) -> np.ndarray:
     """Gaussian-weighted means (11x11, sigma 1.5) over the valid windows of (N, H, W), or one
     uniform window over the whole image when it is smaller than 11x11: (N, h, w)."""
     if min(values.shape[1:]) < _SSIM_SIZE:
-        return values.mean(axis=(1, 2), keepdims=True)
+        means: np.ndarray = values.mean(axis=(1, 2), keepdims=True)
+        return means
     kernel = gaussian_kernel(_SSIM_SIGMA, _SSIM_SIZE // 2)
     return _filter_axis(_filter_axis(values, kernel, 1), kernel, 2)
 
@@ -352,15 +357,18 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> np.ndarray:
     a, b = _check_pair(a, b, "ssim")
     if a.ndim != 3:
         raise InvalidInputError(f"ssim takes (N, H, W) stacks, got shape {a.shape}: reduce channels first (importance)")
-    if isinstance(data_range, bool) or not np.isscalar(data_range) or not float(data_range) > 0:
+    # cast: np.isscalar's TypeIs narrows data_range to NumPy's scalar union (without float), which float() rejects
+    if isinstance(data_range, bool) or not np.isscalar(data_range) or not float(cast(float, data_range)) > 0:
         raise InvalidInputError(f"data_range must be a positive number (1.0 for maps in [0, 1]), got {data_range!r}")
+    data_range = cast(float, data_range)  # the float it was declared (undoes np.isscalar's narrowing)
     c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
     mu_a, mu_b = _local_means(a), _local_means(b)
     var_a = _local_means(a * a) - mu_a ** 2
     var_b = _local_means(b * b) - mu_b ** 2
     cov = _local_means(a * b) - mu_a * mu_b
     index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return index.mean(axis=(1, 2))
+    similarity: np.ndarray = index.mean(axis=(1, 2))
+    return similarity
 
 
 def rank_correlation_abs(a: np.ndarray, b: np.ndarray) -> np.ndarray:

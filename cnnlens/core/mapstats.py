@@ -25,7 +25,8 @@ BORDER_FRACTION = 0.1
 
 def heat(maps: np.ndarray) -> np.ndarray:
     """(N, H, W) float32: ``max(importance, 0)`` (|g| summed over channels for (N, C, H, W))."""
-    return np.maximum(importance(maps, np.float32), np.float32(0))
+    heated: np.ndarray = np.maximum(importance(maps, np.float32), np.float32(0))
+    return heated
 
 
 def _scaled(small: np.ndarray) -> np.ndarray:

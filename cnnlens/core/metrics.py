@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 import numpy as np
 
 from .errors import InvalidInputError
 
 
-def _floats(values, name: str) -> np.ndarray:
+def _floats(values: Any, name: str) -> np.ndarray:
     try:
         return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
@@ -88,8 +88,9 @@ def pointing_hits(maps: np.ndarray, boxes: np.ndarray, tolerance: float = 15 / 2
     rows, cols = np.divmod(peak, w)
     grow_r, grow_c = tolerance * h, tolerance * w
     top, left, bottom, right = boxes.T
-    return ((rows >= top - grow_r) & (rows < bottom + grow_r) &
-            (cols >= left - grow_c) & (cols < right + grow_c))
+    hits: np.ndarray = ((rows >= top - grow_r) & (rows < bottom + grow_r) &
+                        (cols >= left - grow_c) & (cols < right + grow_c))
+    return hits
 
 
 def pointing_game(maps: np.ndarray, boxes: np.ndarray, tolerance: float = 15 / 224) -> float:

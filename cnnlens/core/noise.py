@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -10,7 +10,8 @@ import numpy as np
 def noise_sigma(images: np.ndarray, fraction: float) -> np.ndarray:
     """Per-image standard deviation: ``fraction * (max(x_i) - min(x_i))``, shape (N,)."""
     flat = np.asarray(images).reshape(len(images), -1)
-    return (fraction * (flat.max(axis=1) - flat.min(axis=1))).astype(np.float64)
+    sigma: np.ndarray = (fraction * (flat.max(axis=1) - flat.min(axis=1))).astype(np.float64)
+    return sigma
 
 
 def image_generators(seed: Optional[int], count: int) -> List[np.random.Generator]:
@@ -27,7 +28,7 @@ class RunningStats:
 
     STATISTICS = ("mean", "mean_sq", "variance")
 
-    def __init__(self, shape: tuple, track: Sequence[str] = STATISTICS):
+    def __init__(self, shape: Tuple[int, ...], track: Sequence[str] = STATISTICS):
         unknown = set(track) - set(self.STATISTICS)
         if unknown:
             raise ValueError(f"unknown statistics {sorted(unknown)}: choose from {self.STATISTICS}")
@@ -59,5 +60,6 @@ class RunningStats:
 
     def variance(self) -> np.ndarray:
         """Population variance per element (Captum's VarGrad)."""
+        assert self.mean is not None and self.m2 is not None  # kept when "variance" is tracked
         counts = self.count.reshape((-1,) + (1,) * (self.mean.ndim - 1))
         return self.m2 / np.maximum(counts, 1)

@@ -6,9 +6,10 @@ is placed flush with it, so every pixel is covered and nothing wraps around.
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Any, Tuple, Union
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .errors import InvalidInputError
 
@@ -16,7 +17,7 @@ Pair = Union[int, Tuple[int, int]]
 
 def as_pair(value: Pair, name: str) -> Tuple[int, int]:
     """An int or (h, w) pair of positive ints, validated."""
-    pair = (value, value) if np.isscalar(value) else tuple(value)  # type: ignore[arg-type]
+    pair: Tuple[Any, ...] = (value, value) if np.isscalar(value) else tuple(value)  # type: ignore[arg-type]
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
         raise InvalidInputError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(pair) <= 0:
@@ -82,7 +83,7 @@ class OcclusionGrid:
         return np.where(inside[:, None], full, images[np.asarray(image_index)])
 
     @staticmethod
-    def _cover(starts: np.ndarray, window: int, size: int, dtype=np.float64) -> np.ndarray:
+    def _cover(starts: np.ndarray, window: int, size: int, dtype: DTypeLike = np.float64) -> np.ndarray:
         """(positions, size): 1 where the window starting at each start covers the pixel."""
         pixels = np.arange(size)
         return ((pixels >= starts[:, None]) & (pixels < starts[:, None] + window)).astype(dtype)
@@ -92,7 +93,7 @@ class OcclusionGrid:
         drops = np.asarray(drops, dtype=np.float64).reshape((-1,) + self.shape)
         row_cover = self._cover(self.rows, self.window[0], self.size[0])
         col_cover = self._cover(self.cols, self.window[1], self.size[1])
-        sums = np.matmul(np.matmul(row_cover.T, drops), col_cover)
+        sums: np.ndarray = np.matmul(np.matmul(row_cover.T, drops), col_cover)
         counts = np.outer(row_cover.sum(axis=0), col_cover.sum(axis=0))
         return (sums / counts).astype(np.float32)
 

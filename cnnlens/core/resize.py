@@ -45,7 +45,8 @@ def resize_bilinear(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
         return maps.copy()
     rows = interpolation_matrix(in_h, out_h)
     cols = interpolation_matrix(in_w, out_w)
-    return np.matmul(np.matmul(rows, maps), cols.T)
+    resized: np.ndarray = np.matmul(np.matmul(rows, maps), cols.T)
+    return resized
 
 
 @lru_cache(maxsize=64)
@@ -62,7 +63,7 @@ def area_matrix(in_size: int, out_size: int) -> np.ndarray:
     starts, ends = edges[:-1, None], edges[1:, None]
     pixels = np.arange(in_size, dtype=np.float64)[None, :]
     overlap = np.clip(np.minimum(ends, pixels + 1) - np.maximum(starts, pixels), 0, None)
-    matrix = overlap / overlap.sum(axis=1, keepdims=True)
+    matrix: np.ndarray = overlap / overlap.sum(axis=1, keepdims=True)
     matrix.setflags(write=False)
     return matrix
 
@@ -79,4 +80,5 @@ def resize_area(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     # float32 products, float64 weights rounded once; einsum, not matmul: BLAS threads spun up
     # between a backend's passes slow the next pass
     rows, cols = rows.astype(np.float32), cols.astype(np.float32)
-    return np.einsum("ij,...jk,lk->...il", rows, maps, cols, optimize=True).astype(np.float32)
+    resized: np.ndarray = np.einsum("ij,...jk,lk->...il", rows, maps, cols, optimize=True).astype(np.float32)
+    return resized

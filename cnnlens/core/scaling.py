@@ -45,7 +45,8 @@ def clip_percentile(maps: np.ndarray, upper: float = 99.0, lower: float = 0.0) -
     flat = _per_image(maps)
     hi = _expand(np.percentile(flat, upper, axis=1), maps)
     lo = _expand(np.percentile(flat, lower, axis=1), maps)
-    return np.clip(maps, lo, hi).astype(np.float32)
+    clipped: np.ndarray = np.clip(maps, lo, hi).astype(np.float32)
+    return clipped
 
 
 def normalize_percentile(maps: np.ndarray, upper: float = 99.0) -> np.ndarray:
@@ -76,7 +77,8 @@ def grayscale(gradients: np.ndarray) -> np.ndarray:
     gradients = np.asarray(gradients, dtype=np.float32)
     if gradients.ndim != 4:
         raise ValueError(f"gradients must be (N, C, H, W), got shape {gradients.shape}")
-    return np.abs(gradients).sum(axis=1)
+    summed: np.ndarray = np.abs(gradients).sum(axis=1)
+    return summed
 
 
 def clip_cumulative_mass(maps: np.ndarray, mass: float = 99.0) -> np.ndarray:

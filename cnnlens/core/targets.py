@@ -9,9 +9,10 @@ head, a segmentation map). :func:`objective` turns it and the model's outputs in
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .errors import TargetError
 
@@ -28,7 +29,7 @@ class OutputWeights:
     def __len__(self) -> int:
         return len(self.weights)
 
-    def __getitem__(self, index) -> "OutputWeights":
+    def __getitem__(self, index: Any) -> "OutputWeights":
         return OutputWeights(self.weights[index])
 
 
@@ -94,13 +95,15 @@ def resolve_targets(target: Target, logits: np.ndarray) -> np.ndarray:
     logits = class_scores(logits)
     n, k = logits.shape
     if target is None:
-        return np.argmax(logits, axis=1).astype(np.int64)
+        predicted: np.ndarray = np.argmax(logits, axis=1).astype(np.int64)
+        return predicted
     if isinstance(target, (bool, np.bool_)):
         raise TargetError(f"target must be an int class index or a list of them, got {target!r}")
     if is_single(target):
         classes = np.full(n, _as_index(target), dtype=np.int64)
     else:
-        values = list(np.asarray(target).reshape(-1)) if isinstance(target, np.ndarray) else list(target)
+        values = (list(np.asarray(target).reshape(-1)) if isinstance(target, np.ndarray)
+                  else list(cast(Sequence[int], target)))  # not single: one class per image
         if len(values) != n:
             raise TargetError(
                 f"got {len(values)} targets for a batch of {n} images: give one int for all "
@@ -124,7 +127,7 @@ def _as_index(value: object) -> int:
     return int(value)
 
 
-def one_hot(classes: np.ndarray, num_classes: int, dtype: Optional[np.dtype] = np.float32) -> np.ndarray:
+def one_hot(classes: np.ndarray, num_classes: int, dtype: DTypeLike = np.float32) -> np.ndarray:
     """One-hot rows (N, num_classes): the gradient of ``sum_i y_{c_i}`` w.r.t. the outputs."""
     out = np.zeros((len(classes), num_classes), dtype=dtype)
     out[np.arange(len(classes)), classes] = 1
@@ -133,7 +136,8 @@ def one_hot(classes: np.ndarray, num_classes: int, dtype: Optional[np.dtype] = n
 
 def pick(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Each row's score for its class: ``scores[i, classes[i]]``, shape (N,)."""
-    return scores[np.arange(len(classes)), classes]
+    picked: np.ndarray = scores[np.arange(len(classes)), classes]
+    return picked
 
 
 class Objective:
@@ -148,25 +152,36 @@ class Objective:
 
     @property
     def record(self) -> np.ndarray:
-        return self.classes if self.weights is None else self.weights.weights
+        if self.weights is None:
+            assert self.classes is not None  # objective() sets either classes or weights
+            return self.classes
+        return self.weights.weights
 
     def target_for(self, owners: np.ndarray) -> Target:
         """The target of images ``owners`` as a Target (explicit classes, or their weights' rows)."""
-        return self.classes[owners] if self.weights is None else self.weights[owners]
+        if self.weights is None:
+            assert self.classes is not None  # objective() sets either classes or weights
+            classes: np.ndarray = self.classes[owners]
+            return classes
+        return self.weights[owners]
 
     def score(self, outputs: np.ndarray, owners: np.ndarray) -> np.ndarray:
         """The explained score (B,) of outputs (B, ...) of images ``owners`` (or perturbations of them)."""
         if self.weights is None:
+            assert self.classes is not None  # objective() sets either classes or weights
             return pick(class_scores(outputs), self.classes[owners]).astype(np.float64)
         w = self.weights.weights[owners]
-        return np.einsum("bi,bi->b", w.reshape(len(w), -1).astype(np.float64),
-                         np.asarray(outputs, dtype=np.float64).reshape(len(w), -1))
+        scores: np.ndarray = np.einsum("bi,bi->b", w.reshape(len(w), -1).astype(np.float64),
+                                       np.asarray(outputs, dtype=np.float64).reshape(len(w), -1))
+        return scores
 
     def rows(self, owners: np.ndarray, output_shape: Tuple[int, ...]) -> np.ndarray:
         """The gradient of the explained score with respect to outputs of shape (B, *output)."""
         if self.weights is None:
+            assert self.classes is not None  # objective() sets either classes or weights
             return one_hot(self.classes[owners], int(np.prod(output_shape[1:]))).reshape(output_shape)
-        return self.weights.weights[owners].reshape(output_shape)
+        weight_rows: np.ndarray = self.weights.weights[owners].reshape(output_shape)
+        return weight_rows
 
 
 def objective(target: Target, outputs: np.ndarray) -> Objective:
@@ -206,4 +221,5 @@ def probabilities(scores: np.ndarray) -> np.ndarray:
     if scores.min() >= 0 and np.allclose(scores.sum(axis=1), 1, atol=1e-3):
         return scores
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    softmaxed: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    return softmaxed

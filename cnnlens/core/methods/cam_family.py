@@ -4,7 +4,7 @@ gradients), Guided Grad-CAM, CAM, and Eigen-CAM (no gradients)."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -28,7 +28,8 @@ _SUMMARIES = {
 
 
 def gradient_cams(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, batch: Optional[int],
-                  method: str, guided: bool = False, weighting: str = ""):
+                  method: str, guided: bool = False, weighting: str = "",
+                  ) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray, Union[str, List[str]]]:
     """``method``'s maps (N, L, H, W) or (N, H, W) from one forward and one backward pass per batch;
     with ``guided`` also the guided-backprop input gradient of the same pass. Returns
     (maps, guided gradients or None, outputs, target record, layer value). ``weighting`` names the
@@ -38,7 +39,7 @@ def gradient_cams(backend: Backend, x: np.ndarray, target: Target, layer: LayerS
     size = backward_batch(backend, batch, x)
     maps = np.empty((len(x), len(names)) + x.shape[2:], dtype=np.float32)
     guided_grads = np.empty(x.shape, dtype=np.float32) if guided else None
-    outputs = []
+    batch_outputs: List[np.ndarray] = []
     for sl in batches(len(x), size):
         p = backend.backward(x[sl], seed(target, sl), layers=names, relu="guided" if guided else "plain",
                              input_grad=guided)
@@ -46,14 +47,15 @@ def gradient_cams(backend: Backend, x: np.ndarray, target: Target, layer: LayerS
             activation = spatial(name, p.activations[name], method)
             maps[sl, i] = resize_bilinear(weigh(activation, p.gradients[name]), x.shape[2:])
         if guided:
+            assert guided_grads is not None  # allocated when guided
             guided_grads[sl] = p.input_grad
-        outputs.append(p.logits)
-    outputs = np.concatenate(outputs)
+        batch_outputs.append(p.logits)
+    outputs = np.concatenate(batch_outputs)
     cams = maps if as_list else maps[:, 0]
     return cams, guided_grads, outputs, objective(target, outputs).record, layer_value(names, as_list)
 
 
-def _gradient_cam(name: str) -> Callable:
+def _gradient_cam(name: str) -> Callable[..., Explanation]:
     def method(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
                batch_size: Optional[int] = None) -> Explanation:
         maps, _, outputs, record, names = gradient_cams(backend, x, target, layer, batch_size, name)
@@ -76,6 +78,7 @@ def guided_gradcam(backend: Backend, x: np.ndarray, target: Target, layer: Layer
     """
     cams, guided, outputs, record, names = gradient_cams(backend, x, target, layer, batch_size, "guided_gradcam",
                                                            guided=True, weighting="gradcam")
+    assert guided is not None  # asked for with guided=True
     return Explanation("guided_gradcam", cam_ops.guided_gradcam(guided, cams), record, outputs, layer=names)
 
 
@@ -87,17 +90,19 @@ def cam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
         raise LayerError("cam takes one layer (the tensor the head pools), not a list")
     size = forward_batch(backend, batch_size, x)
     maps = np.empty((len(x),) + x.shape[2:], dtype=np.float32)
-    outputs, used = [], None
+    batch_outputs: List[np.ndarray] = []
+    used: Optional[str] = None
     for sl in batches(len(x), size):
         out, features, weights, used = backend.linear_head(x[sl], layer)
         goal = objective(target_slice(target, sl), out)
         if goal.classes is None:
+            assert goal.weights is not None  # objective() sets either classes or weights
             head = np.einsum("nc,ck->nk", goal.weights.weights.reshape(len(out), -1), weights)
             maps[sl] = resize_bilinear(cam_ops.weighted_sum(features, head), x.shape[2:])
         else:
             maps[sl] = resize_bilinear(cam_ops.cam(features, weights, goal.classes), x.shape[2:])
-        outputs.append(out)
-    outputs = np.concatenate(outputs)
+        batch_outputs.append(out)
+    outputs = np.concatenate(batch_outputs)
     return Explanation("cam", maps, objective(target, outputs).record, outputs, layer=used)
 
 
@@ -109,13 +114,13 @@ def eigencam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
     names, as_list = layer_names(backend, layer, x)
     size = forward_batch(backend, batch_size, x)
     maps = np.empty((len(x), len(names)) + x.shape[2:], dtype=np.float32)
-    outputs = []
+    batch_outputs: List[np.ndarray] = []
     for sl in batches(len(x), size):
         p = backend.forward(x[sl], layers=names)
         for i, name in enumerate(names):
             maps[sl, i] = resize_bilinear(cam_ops.eigencam(spatial(name, p.activations[name], "eigencam")), x.shape[2:])
-        outputs.append(p.logits)
-    outputs = np.concatenate(outputs)
+        batch_outputs.append(p.logits)
+    outputs = np.concatenate(batch_outputs)
     return Explanation("eigencam", maps if as_list else maps[:, 0], objective(target, outputs).record, outputs,
                        layer=layer_value(names, as_list))
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
-from ..backend import Backend  # the contract: the core never imports a backend
+from ..backend import Backend as Backend  # the contract (re-exported): the core never imports a backend
 from ..errors import InvalidInputError, LayerError
 from ..targets import ClassSeed, Objective, OutputWeights, Target, is_single, objective
 
@@ -44,7 +44,8 @@ def target_slice(target: Target, sl: slice) -> Target:
         return target
     if isinstance(target, OutputWeights):
         return target[sl]
-    return list(target)[sl] if not isinstance(target, np.ndarray) else target.reshape(-1)[sl]
+    # not single, not weights: one class per image (is_single does not narrow the type)
+    return list(cast(Sequence[int], target))[sl] if not isinstance(target, np.ndarray) else target.reshape(-1)[sl]
 
 
 def seed(target: Target, sl: slice) -> ClassSeed:

@@ -42,6 +42,6 @@ def run(backend: Backend, x: Any, method: str, target: Target = None, layer: Lay
                          f"feature_maps")
     images = check_images(x)
     target = _check_target(backend, target, images)
-    result = spec.function(backend, images, target, layer, **checked)
+    result: Explanation = spec.function(backend, images, target, layer, **checked)
     result.options = {**spec.defaults, **checked, **result.options}
     return result

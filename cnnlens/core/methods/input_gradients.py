@@ -3,7 +3,7 @@ Input x Gradient, Integrated Gradients, and SmoothGrad over any of them."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -24,9 +24,11 @@ Attribution = Tuple[np.ndarray, np.ndarray]  # (maps, outputs at the images)
 
 def _gradients(backend: Backend, x: np.ndarray, target: Target, relu: str, batch: int) -> Attribution:
     """``d(score)/dx`` under ``relu`` and the outputs, one backward pass per batch."""
-    grads, outputs = [], []
+    grads: List[np.ndarray] = []
+    outputs: List[np.ndarray] = []
     for sl in batches(len(x), batch):
         p = backend.backward(x[sl], seed(target, sl), relu=relu, input_grad=True)
+        assert p.input_grad is not None  # asked for with input_grad=True
         grads.append(p.input_grad)
         outputs.append(p.logits)
     return np.concatenate(grads).astype(np.float32), np.concatenate(outputs)
@@ -36,15 +38,15 @@ def _explanation(name: str, maps: np.ndarray, outputs: np.ndarray, target: Targe
     return Explanation(name, maps, objective(target, outputs).record, outputs, **kw)
 
 
-def _plain(backend, x, target, batch):
+def _plain(backend: Backend, x: np.ndarray, target: Target, batch: int) -> Attribution:
     return _gradients(backend, x, target, "plain", batch)
 
 
-def _guided(backend, x, target, batch):
+def _guided(backend: Backend, x: np.ndarray, target: Target, batch: int) -> Attribution:
     return _gradients(backend, x, target, "guided", batch)
 
 
-def _deconv(backend, x, target, batch):
+def _deconv(backend: Backend, x: np.ndarray, target: Target, batch: int) -> Attribution:
     return _gradients(backend, x, target, "deconv", batch)
 
 
@@ -72,7 +74,7 @@ def deconvnet(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec,
     return _explanation("deconvnet", maps, outputs, target)
 
 
-def _input_x_gradient(backend, x, target, batch):
+def _input_x_gradient(backend: Backend, x: np.ndarray, target: Target, batch: int) -> Attribution:
     grads, outputs = _gradients(backend, x, target, "plain", batch)
     return x * grads, outputs
 
@@ -117,6 +119,7 @@ def _integrated(backend: Backend, x: np.ndarray, target: Target, batch: int, ste
             n, k = owners[sl], where[sl]
             points = (reference + alphas[k].astype(np.float32)[:, None, None, None] * delta[n]).astype(np.float32)
             p = backend.backward(points, ClassSeed(goal.target_for(n)), relu="plain", input_grad=True)
+            assert p.input_grad is not None  # asked for with input_grad=True
             grads = p.input_grad.reshape(len(n), -1)
             for image in np.unique(n):  # each image's points in this batch, weighted, in one product
                 rows = n == image
@@ -130,7 +133,8 @@ def _integrated(backend: Backend, x: np.ndarray, target: Target, batch: int, ste
     return attributions, outputs, completeness
 
 
-def _integrated_attribution(backend, x, target, batch, steps=50, baseline=0.0, rule="gausslegendre"):
+def _integrated_attribution(backend: Backend, x: np.ndarray, target: Target, batch: int, steps: int = 50,
+                            baseline: Any = 0.0, rule: str = "gausslegendre") -> Attribution:
     maps, outputs, _ = _integrated(backend, x, target, batch, steps, baseline, rule)
     return maps, outputs
 
@@ -201,6 +205,7 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
     sigma = noise_sigma(x, noise)
     generators = image_generators(seed, len(x))
     stats = RunningStats(x.shape, track=_TRACKED[variant])
+    assert base_method.attribute is not None  # the base option's check (_base_name) admits smoothable methods only
     items = np.repeat(np.arange(len(x)), samples)  # image-major: image n's samples are consecutive
     with progress.task("smoothgrad", len(items)) as advance:
         for sl in batches(len(items), batch):
@@ -220,5 +225,6 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
             advance(sl.stop - sl.start)
     result = {"smoothgrad": lambda: stats.mean, "smoothgrad_sq": lambda: stats.mean_sq,
               "vargrad": stats.variance}[variant]()
+    assert result is not None  # the variant's statistic is tracked
     return Explanation("smoothgrad", result.astype(np.float32), goal.record, outputs)
 

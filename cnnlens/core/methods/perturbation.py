@@ -15,13 +15,14 @@ from ..backend import ACTIVATIONS, FORWARD, INCREMENTAL_OCCLUSION, REPLACE_LAYER
 from ..occlusion import OcclusionGrid, as_baseline, as_pair
 from ..resize import resize_bilinear
 from ..rise import RiseMasks
-from ..targets import Target, objective
+from ..targets import Objective, Target, objective
 from ..types import Explanation
 from .common import Backend, LayerSpec, batches, clean_pass, forward_batch, forward_layers, one_layer, spatial
 from .registry import BASELINE, CAM, ONE_LAYER, SEED, Option, fraction, positive_int, register
 
 
-def _layer_activations(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, batch: int, method: str):
+def _layer_activations(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, batch: int, method: str,
+                       ) -> Tuple[str, np.ndarray, np.ndarray, Objective]:
     """(layer name, its activations (N, K, h, w), outputs, objective) from one forward pass per batch."""
     name = one_layer(backend, layer, x, method)
     activations, outputs = forward_layers(backend, x, [name], batch)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, TypeVar, cast
 
 import numpy as np
 
@@ -124,7 +124,7 @@ def one_of(name: str, choices: Sequence[str]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
             raise InvalidInputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-        return value
+        return cast(str, value)
     return check
 
 
@@ -144,12 +144,16 @@ BASELINE = Option("baseline", 0.0, "the reference image, a number (Python: also 
 SEED = Option("seed", 0, "random seed; results do not depend on the batch or the other images (0)", seed_value, int)
 
 
-def register(name: str, *, needs: Sequence[str], kind: str, layer: str = NO_LAYER,
-             options: Sequence[Option] = (), attribute: Optional[Callable] = None,
-             not_exportable: Optional[str] = None) -> Callable:
+#: a method's function, returned unchanged by ``register``
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def register(name: str, *, needs: Iterable[str], kind: str, layer: str = NO_LAYER,
+             options: Sequence[Option] = (), attribute: Optional[Callable[..., Tuple[np.ndarray, np.ndarray]]] = None,
+             not_exportable: Optional[str] = None) -> Callable[[_Function], _Function]:
     """Register the decorated function as method ``name`` (its docstring's first line is its summary).
     ``not_exportable``: why the method cannot be a fixed ONNX graph (None: it exports)."""
-    def decorate(function: Callable) -> Callable:
+    def decorate(function: _Function) -> _Function:
         all_options = tuple(options) + (BATCH_SIZE,)
         keywords = [p.name for p in inspect.signature(function).parameters.values()
                     if p.kind is inspect.Parameter.KEYWORD_ONLY]

@@ -6,21 +6,19 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict
 
-from .core.errors import InvalidInputError
-from .core.methods import exportable_methods
+from ..core.errors import InvalidInputError
+from ..core.methods import exportable_methods
+from .common import add_model_options, add_option_flags, cli_options, load_model, read_labels
 
 
 def _shared_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The method option flags given (one that no exported method takes is refused by export_explainer)."""
-    from .cli import _cli_options
-
-    return {k: getattr(args, k) for k in _cli_options() if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in cli_options() if getattr(args, k, None) is not None}
 
 
-def cmd_export_explainer(args: argparse.Namespace) -> int:
-    from .adapters.explainer import export_explainer
-    from .adapters.explainer_request import method_names
-    from .cli import load_model
+def run(args: argparse.Namespace) -> int:
+    from ..adapters.explainer import export_explainer
+    from ..adapters.explainer_request import method_names
 
     methods = method_names(",".join(args.method or ["gradcam"]))
     if args.web is None and (args.labels or args.ort):
@@ -29,7 +27,7 @@ def cmd_export_explainer(args: argparse.Namespace) -> int:
     size = tuple(args.size) if args.size else None
     input_shape = None
     if size is not None:
-        from .adapters.images import input_geometry
+        from ..adapters.images import input_geometry
 
         channels, _ = input_geometry(backend, size)
         input_shape = (channels,) + size
@@ -38,23 +36,18 @@ def cmd_export_explainer(args: argparse.Namespace) -> int:
                               normalize=args.normalize, input_shape=input_shape, opset=args.opset,
                               **_shared_options(args))
     if args.web is not None:
-        from .adapters.explainer_page import write_page
-        from .adapters.images import IMAGENET_MEAN, IMAGENET_STD
+        from ..adapters.explainer_page import write_page
+        from ..adapters.images import IMAGENET_MEAN, IMAGENET_STD
 
-        labels = None
-        if args.labels:
-            with open(args.labels, encoding="utf-8") as handle:
-                labels = [line.rstrip("\n") for line in handle]
+        labels = read_labels(args.labels)
         result.page = write_page(args.web, result, mean=tuple(args.mean) if args.mean else IMAGENET_MEAN,
                                  std=tuple(args.std) if args.std else IMAGENET_STD, labels=labels, ort=args.ort)
     print(result)
     return 0
 
 
-def add_export_command(sub: Any) -> None:
+def add(sub: Any) -> None:
     """The ``export-explainer`` subcommand's parser."""
-    from .cli import _add_model_options, _add_option_flags
-
     p = sub.add_parser("export-explainer", help="write one ONNX file that returns the model's outputs and a map "
                        "per method (runs in any ONNX Runtime: C++, C#, Java, Node.js, the browser)")
     p.add_argument("model", metavar="MODEL")
@@ -80,6 +73,6 @@ def add_export_command(sub: Any) -> None:
     p.add_argument("--ort", metavar="URL_OR_DIR", help="where the page loads onnxruntime-web from: a URL of "
                    "ort.wasm.min.js, or the dist folder of an installed onnxruntime-web to copy beside the page "
                    "(default: the public CDN)")
-    _add_model_options(p)
-    _add_option_flags(p, skip=("target",))
-    p.set_defaults(run=cmd_export_explainer)
+    add_model_options(p)
+    add_option_flags(p, skip=("target",))
+    p.set_defaults(run=run)

@@ -1,21 +1,21 @@
-"""``cnnlens audit``: its flags and what it prints (the rest of the command line is ``cnnlens.cli``)."""
+"""``cnnlens audit MODEL DATA``: explain a whole dataset, cluster the maps per class (SpRAy), write a report."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from ..audit.run import audit
 from ..core.methods import METHODS, lookup
-from .run import audit
+from .common import add_model_options, add_option_flags, add_preprocessing, check_flags, load_model, method_options
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``cnnlens audit``; print the counts and each group's clusters."""
-    from .. import cli
-
-    backend = cli.load_model(args.model, args.device, args)
+    backend = load_model(args.model, args.device, args)
     methods = [lookup(n.strip()).name for item in (args.method or ["gradcam"]) for n in item.split(",") if n.strip()]
-    options = {m: {k: v for k, v in cli._options(m, args).items() if k != "batch_size"} for m in methods}
+    check_flags(args, methods)
+    options = {m: {k: v for k, v in method_options(m, args).items() if k != "batch_size"} for m in methods}
     result = audit(backend, args.data, args.out, methods, engine=args.engine, labels=args.labels,
                    size=tuple(args.size) if args.size else None, mean=args.mean, std=args.std, target=args.target,
                    layer=args.layer, options={m: o for m, o in options.items() if o}, batch_size=args.batch_size,
@@ -35,10 +35,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_audit_command(sub: Any) -> None:
+def add(sub: Any) -> None:
     """Add ``audit`` to the ``cnnlens`` subcommands ``sub``."""
-    from .. import cli
-
     p = sub.add_parser("audit", help="explain a whole dataset, cluster the maps per class (SpRAy), write a report")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("data", metavar="DATA", help="a folder of images (class sub-folders give labels) or a .csv / "
@@ -64,7 +62,7 @@ def add_audit_command(sub: Any) -> None:
     p.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--ray-actors", type=int, metavar="N", help="model replicas on Ray (default: one per GPU, "
                    "else one per 4 CPUs)")
-    cli._add_option_flags(p, skip=("batch_size",))
-    cli._add_preprocessing(p)
-    cli._add_model_options(p)
-    p.set_defaults(run=cmd_audit)
+    add_option_flags(p, skip=("batch_size",))
+    add_preprocessing(p)
+    add_model_options(p)
+    p.set_defaults(run=run)
