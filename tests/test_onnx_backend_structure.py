@@ -4,6 +4,7 @@ request, the default layer and the CAM head found once, quiet trial runs, clear 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -74,6 +75,24 @@ def test_a_request_that_cannot_be_built_leaves_the_backend_working():
     with pytest.raises(cnnlens.UnsupportedError, match="from this layer"):
         cnnlens.explain(backend, x, "gradcam", layer="/conv1/Conv")
     np.testing.assert_array_equal(cnnlens.explain(backend, x, "gradcam").maps, before)
+
+
+def test_an_input_gradient_that_cannot_be_built_becomes_a_limit():
+    """Where the ops check passed but the gradient model cannot be built from the input, the backend
+    drops the input-gradient capabilities and records the op in the way as the reason (read from the
+    error's ``reason``, not parsed back out of its message), which later refusals quote."""
+    backend = cnnlens.load(_dynamic(WithCumSum("early")))
+    backend.capabilities = backend.capabilities | {"input_gradients", "relu_rules"}  # as if the check had passed
+    backend.limits = {}
+    x = images(2, 3, 16, 16, seed=3)
+    seed = np.ones_like(backend.forward(x).logits)
+    with pytest.raises(cnnlens.UnsupportedError, match="from the input to its scores: op CumSum") as info:
+        backend.backward(x, seed, input_grad=True)
+    assert not {"input_gradients", "relu_rules"} & backend.capabilities
+    assert backend.limits["input_gradients"] == backend.limits["relu_rules"] == info.value.reason
+    assert info.value.reason.startswith("op CumSum") and "On this model" not in info.value.reason
+    with pytest.raises(cnnlens.UnsupportedError, match=re.escape(f"for this model ({info.value.reason})")):
+        cnnlens.explain(backend, x, "saliency")
 
 
 def test_sessions_are_keyed_by_request_and_image_size():

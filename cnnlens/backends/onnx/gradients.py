@@ -56,10 +56,19 @@ def gradient_capabilities(graph: Graph, output: str) -> Tuple[FrozenSet[str], Di
     return frozenset(), limits
 
 
+class NotDifferentiable(UnsupportedError):
+    """The gradient model cannot be built; ``reason`` names the op and node in the way (the backend
+    records it as why the model lacks input gradients)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def build(model: onnx.ModelProto, graph: Graph, output: str, request: autodiff.GradientRequest,
           types: TensorTypes, capabilities: FrozenSet[str],
           probe: Optional[Callable[[str], Optional[np.ndarray]]] = None) -> autodiff.GradientModel:
-    """The gradient model, or an UnsupportedError that names the op and node in the way and the
+    """The gradient model, or a NotDifferentiable error that names the op and node in the way and the
     methods that still run."""
     try:
         return autodiff.build(model, graph, output, request, types.shapes, types.dtypes, probe)
@@ -70,7 +79,7 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: autodiff.G
         else:
             still = supported_methods(capabilities - base.GRADIENTS)
             where, hint = "this layer", "name a layer above that node, or use "
-        raise UnsupportedError(
+        raise NotDifferentiable(
             f"cannot differentiate this ONNX model from {where} to its scores: {error}. On this model "
-            f"{hint or 'use '}{', '.join(still)}"
+            f"{hint or 'use '}{', '.join(still)}", str(error)
         ) from None

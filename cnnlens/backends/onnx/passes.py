@@ -7,11 +7,12 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...core.errors import InvalidInputError, LayerError, ModelError, UnsupportedError
+from ...core.errors import InvalidInputError, LayerError, ModelError
 from ...core.targets import ClassSeed
 from ...core.types import Pass
 from .. import base
 from . import runtime
+from .gradients import NotDifferentiable
 from .autodiff import RELU_RULES, GradientRequest
 from .cut import CUT_INPUT, cut_at
 from .graph import node_name
@@ -59,11 +60,10 @@ class Passes:
         request = GradientRequest(tensors, bool(input_grad), relu, "argmax" if argmax else "input")
         try:
             session, built = self._gradient_session(request, tuple(model_x.shape[1:]))
-        except UnsupportedError as error:
+        except NotDifferentiable as error:
             if input_grad:  # what this model cannot do, later calls are told up front, and why
                 self.capabilities = self.capabilities - {base.INPUT_GRADIENTS, base.RELU_RULES}
-                why = str(error).split(": ", 1)[-1].split(". On this model", 1)[0]
-                self.limits = {**self.limits, base.INPUT_GRADIENTS: why, base.RELU_RULES: why}
+                self.limits = {**self.limits, base.INPUT_GRADIENTS: error.reason, base.RELU_RULES: error.reason}
             raise
         feeds = {self.input_name: model_x}
         if not argmax:
