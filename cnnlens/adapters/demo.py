@@ -254,7 +254,7 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
                  names=input_names, labels=["no square", "square"], results=report_results, notes=notes,
                  title=f"cnnlens demo: a DenseNet on circles and squares (accuracy {accuracy:.3f})")
 
-    explainer = _export_explainer(out, onnx_path, x_all[shown])
+    explainer = _export_explainer(out, onnx_path, onnx_backend, x_all[shown])
 
     summary = {
         "accuracy": accuracy,
@@ -285,25 +285,29 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
 
 #: what the demo's explainer file holds: one ONNX file returning the scores and these maps
 EXPLAINER_METHODS = ("gradcam", "layercam", "guided_backprop", "integrated_gradients", "scorecam")
+#: the options it is written with (every exported method that takes one)
+EXPLAINER_OPTIONS = {"steps": 16}
 
 
-def _export_explainer(out: str, onnx_path: str, x: np.ndarray) -> Dict[str, Any]:
+def _export_explainer(out: str, onnx_path: str, onnx_backend: Any, x: np.ndarray) -> Dict[str, Any]:
     """The model's explainer (``cnnlens export-explainer``) and its web page, and how far its maps are from
-    ``cnnlens.explain``'s on the same images."""
+    ``cnnlens.explain``'s on the same images (on ``onnx_backend``, the demo's backend on the same file)."""
     import onnxruntime as ort
 
     import cnnlens
     from .explainer_page import write_page
 
     folder = os.path.join(out, "explainer")
-    made = cnnlens.export_explainer(onnx_path, os.path.join(folder, "explained.onnx"), EXPLAINER_METHODS, steps=16)
+    made = cnnlens.export_explainer(onnx_path, os.path.join(folder, "explained.onnx"), EXPLAINER_METHODS,
+                                    **EXPLAINER_OPTIONS)
     write_page(os.path.join(folder, "web"), made, mean=synthetic.MEAN, std=synthetic.STD,
                labels=["no square", "square"])
     session = ort.InferenceSession(made.path, providers=["CPUExecutionProvider"])
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {made.input_name: x})))
     difference = {}
     for method in EXPLAINER_METHODS:
-        want = cnnlens.explain(onnx_path, x, method, **({"steps": 16} if method == "integrated_gradients" else {})).maps
+        taken = {k: v for k, v in EXPLAINER_OPTIONS.items() if k in METHODS[method].defaults}
+        want = cnnlens.explain(onnx_backend, x, method, **taken).maps
         difference[method] = float(np.abs(outputs[made.outputs[method]] - want).max() / max(np.abs(want).max(), 1e-30))
     _say(f"  explainer: {made.path} ({made.bytes / 1e6:.1f} MB, {made.size_ratio:.2f}x the model) returns the scores "
          f"and {', '.join(made.outputs.values())}; its largest difference to cnnlens.explain: "

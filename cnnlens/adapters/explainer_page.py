@@ -13,7 +13,7 @@ import html
 import json
 import os
 import shutil
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from ..core.errors import InvalidInputError
 from ..core.methods import lookup
@@ -54,13 +54,16 @@ def _ort_source(folder: str, ort: Optional[str]) -> str:
     return ort
 
 
+def _geometry(explainer: Any) -> Tuple[int, List[int]]:
+    """(channels, [height, width]) of the explainer's input, read in its layout."""
+    shape = [int(d) for d in explainer.input_shape[1:]]
+    return (shape[0], shape[1:]) if explainer.layout == "NCHW" else (shape[2], shape[:2])
+
+
 def page_config(explainer: Any, mean: Sequence[float], std: Sequence[float], channels: int,
                 labels: Optional[Sequence[str]] = None, alpha: float = 0.5) -> dict:
     """What the page is told: the file, its input and outputs, the preprocessing, the methods."""
-    if explainer.layout == "NCHW":
-        size = [int(explainer.input_shape[2]), int(explainer.input_shape[3])]
-    else:
-        size = [int(explainer.input_shape[1]), int(explainer.input_shape[2])]
+    size = _geometry(explainer)[1]
     layers = {m: explainer.layers.get(m) for m in explainer.methods}
     return {
         "model": MODEL_FILE, "input": explainer.input_name, "scores": explainer.output_names[0],
@@ -84,7 +87,7 @@ def write_page(folder: str, explainer: Any, mean: Sequence[float], std: Sequence
     if explainer.target == "weights":
         raise InvalidInputError("the web page explains classes: export with target 'predicted' or 'input' for it "
                                 "(output weights have no place to come from on a page)")
-    channels = int(explainer.input_shape[1] if explainer.layout == "NCHW" else explainer.input_shape[3])
+    channels = _geometry(explainer)[0]
     if channels not in (1, 3):
         raise InvalidInputError(f"the web page feeds image files (1 or 3 channels); this model takes {channels}")
     os.makedirs(folder, exist_ok=True)

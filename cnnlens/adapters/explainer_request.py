@@ -93,10 +93,11 @@ def layers_of(method: Method, given: Any, backend: Any, image: Sequence[int]) ->
         raise LayerError(f"{method.name} takes one layer at a time")
     if method.layer not in (ONE_LAYER, LAYERS):
         raise LayerError(f"{method.name} takes no layer")
+    shapes = {found.name: found.shape for found in backend.layers(tuple(image))}
     for name in names:
-        shape = [found.shape for found in backend.layers(tuple(image)) if found.name == name]
-        if not shape or shape[0] is None or len(shape[0]) != 4:
-            raise LayerError(f"layer {name!r} outputs shape {shape[0] if shape else None}, not a (N, K, h, w) map, "
+        shape = shapes.get(name)
+        if shape is None or len(shape) != 4:
+            raise LayerError(f"layer {name!r} outputs shape {shape}, not a (N, K, h, w) map, "
                              f"so {method.name} cannot use it: pick a convolutional layer (`cnnlens.layers(model)` "
                              f"shows output shapes)")
     return tuple(dict.fromkeys(names)), as_list

@@ -4,11 +4,12 @@ one image size (the runnable model, its graph, every tensor's shape and type, th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Optional, Tuple
+from typing import Callable, FrozenSet, Optional, Tuple
 
 import numpy as np
 import onnx
 
+from .autodiff import opset_of
 from .graph import Graph
 from .head import Head, head_of
 from .shapes import TensorTypes
@@ -63,7 +64,4 @@ class ModelView:
 
     @property
     def opset(self) -> int:
-        return next(int(o.version) for o in self.model.opset_import if o.domain in ("", "ai.onnx"))
-
-    def initializer_names(self) -> Dict[str, None]:
-        return {t.name: None for t in self.model.graph.initializer}
+        return opset_of(self.model)

@@ -22,7 +22,8 @@ def runs(backend: Backend, method: str) -> bool:
 
 
 def _why(backend: Backend, lacking: FrozenSet[str]) -> str:
-    reasons = list(dict.fromkeys(limits(backend)[c] for c in sorted(lacking) if c in limits(backend)))
+    known = limits(backend)
+    reasons = list(dict.fromkeys(known[c] for c in sorted(lacking) if c in known))
     return f" for this model ({'; '.join(reasons)})" if reasons else ""
 
 
@@ -32,10 +33,9 @@ def require(backend: Backend, method: str, among: Optional[Sequence[str]] = None
     lacks, why (the backend's ``limits``), and the methods that do run there (of ``among``, e.g. the
     ones that export; ``instead``: a specific suggestion to use in their place). ``context``
     prefixes the message (what asked for the method)."""
-    spec = lookup(method)
-    lacking = frozenset(spec.needs - backend.capabilities)
+    lacking = missing(backend, method)
     if not lacking:
-        return spec
+        return lookup(method)
     can = [m for m in supported_methods(backend.capabilities) if among is None or m in among]
     advice = instead or f"On this backend use one of: {', '.join(can) or 'no method'}"
     raise UnsupportedError(f"{context}{method} needs {', '.join(sorted(lacking))}, which the {backend.name} backend "

@@ -110,6 +110,14 @@ def _on_path(graph: Graph, reached: Set[str], output: str) -> List[onnx.NodeProt
     return [n for n in graph.nodes if node_name(n) in above and any(i in reached for i in value_inputs(n) if i)]
 
 
+def taken_names(model: onnx.ModelProto) -> Set[str]:
+    """Every name the model's graph uses (node outputs and names, inputs, outputs, initializers): the
+    names an emitter adding nodes to it must not hand out."""
+    graph = model.graph
+    taken = {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
+    return taken | {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
+
+
 def opset_of(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
@@ -126,9 +134,7 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: GradientRe
     UnsupportedOp naming the first node that cannot be differentiated."""
     if request.relu not in RELU_RULES:
         raise ValueError(f"relu must be one of {RELU_RULES}, got {request.relu!r}")
-    taken = {o for n in model.graph.node for o in n.output} | {n.name for n in model.graph.node}
-    taken |= {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
-    emitter = Emitter(opset_of(model), taken, "cnnlens_grad/")
+    emitter = Emitter(opset_of(model), taken_names(model), "cnnlens_grad/")
     seed_input = emitter.fresh("seed")
     seed = argmax_rows(emitter, output, dtypes) if request.seed == "argmax" else seed_input
     input_name = graph.input.name

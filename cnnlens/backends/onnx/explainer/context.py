@@ -10,7 +10,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ....core.errors import TargetError
-from ..autodiff import Emitter, class_rows, predicted_classes
+from ..autodiff import Emitter, class_rows, predicted_classes, taken_names
 from ..view import ModelView
 
 #: how the explained target reaches the file: each image's predicted class, a class per image fed
@@ -34,10 +34,7 @@ class Build:
 
     def __init__(self, view: ModelView, target: str):
         self.view = view
-        taken = {o for n in view.model.graph.node for o in n.output} | {n.name for n in view.model.graph.node}
-        taken |= {i.name for i in view.model.graph.input} | set(view.initializer_names())
-        taken |= {o.name for o in view.model.graph.output}
-        self.e = Emitter(view.opset, taken, "cnnlens_explain/")
+        self.e = Emitter(view.opset, taken_names(view.model), "cnnlens_explain/")
         self.x = view.input_name
         self.output = view.output_name
         #: the inputs the explainer adds: (name, element type, dimensions after the batch axis)

@@ -22,6 +22,16 @@ def _positive(e: Emitter, x: str, dtype: np.dtype = F32) -> str:
     return e.op("Cast", [e.op("Greater", [x, e.scalar(0.0, dtype)])], to=1 if dtype == F32 else 11)
 
 
+def _scaled(e: Emitter, x: str, axes: Sequence[int]) -> Tuple[str, str]:
+    """``(x - min) / (max - min)`` over ``axes`` (dividing by 1 where the span is 0), and ``varies``:
+    1 where the span is positive, else 0 (the min-max scalings of Score-CAM's masks and of the maps)."""
+    low = e.reduce("ReduceMin", x, list(axes), keepdims=True)
+    span = e.op("Sub", [e.reduce("ReduceMax", x, list(axes), keepdims=True), low])
+    varies = _positive(e, span)
+    safe = e.op("Add", [e.mul(span, varies), e.op("Sub", [e.scalar(1.0, F32), varies])])  # span, or 1
+    return e.op("Div", [e.op("Sub", [x, low]), safe]), varies
+
+
 # ---------------------------------------------------------------- core/cam.py
 
 
@@ -104,12 +114,8 @@ def guided_gradcam(e: Emitter, guided: str, upsampled_cam: str, layered: bool = 
 def normalize_masks(e: Emitter, upsampled: str, rank: int) -> str:
     """Score-CAM masks: each (H, W) map of ``upsampled`` (rank ``rank``) min-max scaled to [0, 1],
     constant maps 0."""
-    axes = [rank - 2, rank - 1]
-    low = e.reduce("ReduceMin", upsampled, axes, keepdims=True)
-    span = e.op("Sub", [e.reduce("ReduceMax", upsampled, axes, keepdims=True), low])
-    varies = _positive(e, span)
-    safe = e.op("Add", [e.mul(span, varies), e.op("Sub", [e.scalar(1.0, F32), varies])])  # span, or 1
-    return e.mul(e.op("Div", [e.op("Sub", [upsampled, low]), safe]), varies)
+    scaled, varies = _scaled(e, upsampled, [rank - 2, rank - 1])
+    return e.mul(scaled, varies)
 
 
 def softmax(e: Emitter, scores: str, axis: int) -> str:
@@ -137,11 +143,7 @@ def resize_bilinear(e: Emitter, maps: str, in_size: Tuple[int, int], out_size: T
 def normalize_minmax(e: Emitter, maps: str, axes: Sequence[int]) -> str:
     """Min-max scaling to [0, 1] over ``axes`` (per image, or per image and layer); a constant
     map becomes all zeros."""
-    low = e.reduce("ReduceMin", maps, list(axes), keepdims=True)
-    span = e.op("Sub", [e.reduce("ReduceMax", maps, list(axes), keepdims=True), low])
-    varies = _positive(e, span)
-    safe = e.op("Add", [e.mul(span, varies), e.op("Sub", [e.scalar(1.0, F32), varies])])
-    scaled = e.op("Div", [e.op("Sub", [maps, low]), safe])
+    scaled, varies = _scaled(e, maps, axes)
     return e.mul(e.op("Min", [e.op("Max", [scaled, e.scalar(0.0, F32)]), e.scalar(1.0, F32)]), varies)
 
 

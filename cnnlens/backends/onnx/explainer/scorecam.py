@@ -12,6 +12,7 @@ from . import heads
 from .context import Build, MethodRequest
 from .loops import Body, Schedule
 
+
 def scorecam(build: Build, request: MethodRequest) -> str:
     """(N, H, W): ``resize(ReLU(sum_k softmax_k(y(x * M_k)) A_k))``."""
     e, view = build.e, build.view
