@@ -6,7 +6,8 @@ model's own floor and with the peers (Captum, pytorch-grad-cam, torchcam).
     python benchmarks/run.py                  # the full run (larger batches, Score-CAM on ResNet-50)
 
 Writes ``benchmarks/results/<machine>.md`` and ``.json``; ``--update-readme`` also puts the
-tables into the README. Runs unchanged on a CPU-only machine; CUDA is measured when present.
+tables into the documentation's speed page, ``docs/speed.md``. Runs unchanged on a CPU-only
+machine; CUDA is measured when present.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when there is one")
     p.add_argument("--no-peers", action="store_true", help="measure cnnlens and the floors only")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for <machine>.md and .json")
-    p.add_argument("--update-readme", action="store_true", help="write the tables into README.md")
+    p.add_argument("--update-readme", action="store_true", help="write the tables into docs/speed.md")
     return p
 
 
@@ -73,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(text)
     print(f"total {settings['seconds']} s; written to {os.path.join(args.out, results.machine_name(info))}.md/.json")
     if args.update_readme:
-        results.update_readme(os.path.join(os.path.dirname(HERE), "README.md"), text, results.machine_name(info))
+        results.update_readme(os.path.join(os.path.dirname(HERE), "docs", "speed.md"), text, results.machine_name(info))
     return 0
 
 

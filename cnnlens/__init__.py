@@ -2,14 +2,16 @@
 
 Public API (see DESIGN.md): ``load``, ``layers``, ``explain``, ``filters``, ``compare``, ``audit``,
 ``export_explainer``,
-``Explanation``, ``Layer``, ``METHODS`` and the errors. ``import cnnlens`` needs only NumPy: a backend's
+``Explanation``, ``Layer``, ``METHODS``, ``Backend`` / ``BackendSpec`` (the backend contract) and the errors. ``import cnnlens`` needs only NumPy: a backend's
 framework is imported when a model of its kind is first seen.
 """
 
 from .api import explain, filters, layers, load
-from .audit import AuditResult, audit
+from . import audit  # the package, callable as audit.run.audit
+from .audit import AuditResult
 from .adapters.explainer import ExportedExplainer, export_explainer
 from .compare import Comparison, ImageAgreement, compare
+from .core.backend import Backend, BackendSpec
 from .core.errors import (
     CnnlensError,
     InvalidInputError,
@@ -26,7 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "load", "layers", "explain", "filters", "compare", "Comparison", "ImageAgreement", "audit", "AuditResult",
-    "export_explainer", "ExportedExplainer", "Explanation", "Layer", "METHODS",
+    "export_explainer", "ExportedExplainer", "Explanation", "Layer", "METHODS", "Backend", "BackendSpec",
     "CnnlensError", "InvalidInputError", "LayerError", "ModelError", "TargetError",
     "UnknownMethodError", "UnsupportedError", "__version__",
 ]

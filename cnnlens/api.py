@@ -9,6 +9,7 @@ import numpy as np
 
 from .backends import backend_for
 from .backends.base import Backend
+from .core.backend import WEIGHTS
 from .core.errors import ModelError
 from .core.methods import LayerSpec, run
 from .core.targets import Target
@@ -21,7 +22,9 @@ def load(source: Any, device: Optional[str] = None, *, output: Union[None, int, 
 
     ``source``: an ``nn.Module`` or ScriptModule (``device`` moves it there; by default its own
     device is used), a ``torch.export`` ``ExportedProgram``, an ``onnx.ModelProto`` or its
-    serialized bytes, or a path to an ``.onnx`` file, a ``.pt2`` file (``torch.export.save``; checked
+    serialized bytes, a ``BackendSpec`` (``backend.spec()``: a loaded model as it travels to another
+    process, e.g. a Ray worker, rebuilt there), a loaded backend (made again for another ``device``,
+    ``output`` or ``layout``), or a path to an ``.onnx`` file, a ``.pt2`` file (``torch.export.save``; checked
     to hold no pickles unless ``trust_pickle``) or a TorchScript file (``torch.jit.save``). For ONNX, ``device`` is "cpu", "cuda" or
     "cuda:N"; by default CUDA when onnxruntime-gpu and a GPU are there.
     ``output``: for a model with several outputs (a tuple, a dict, several ONNX outputs), the one
@@ -60,7 +63,7 @@ def explain(model: Any, x: Any, method: str, target: Target = None, layer: Layer
     ``target``: None (each image's predicted class), an int, or one int per image.
     ``layer``: for the CAM family and feature_maps, a layer name or a list of names (then one
     forward and one backward pass serve all of them); None takes the last spatial layer.
-    ``options``: the method's own (see ``cnnlens.METHODS``, README). Returns an Explanation.
+    ``options``: the method's own (see ``cnnlens.METHODS``, docs/methods/). Returns an Explanation.
     """
     return run(backend_for(model), _as_numpy(x), method, target=target, layer=layer, **options)
 
@@ -68,6 +71,6 @@ def explain(model: Any, x: Any, method: str, target: Target = None, layer: Layer
 def filters(model: Any, layer: Optional[str] = None) -> np.ndarray:
     """A layer's weight tensor, e.g. (out, in, kh, kw) for a convolution (the first one when ``layer`` is None)."""
     backend = backend_for(model)
-    if "weights" not in backend.capabilities:
+    if WEIGHTS not in backend.capabilities:
         raise ModelError(f"the {backend.name} backend cannot read weights")
     return backend.weights(layer)

@@ -15,6 +15,7 @@ import numpy as np
 
 from .api import _as_numpy
 from .backends import backend_for
+from .core.backend import Backend
 from .core.errors import LayerError
 from .core.methods import HEAD_LAYER, LayerSpec, check_images, lookup, run
 from .core.metrics import agreement
@@ -71,18 +72,18 @@ class Comparison:
         return f"{self.method}{layer}\n{self.table()}"
 
 
-def _map_layer(name: str, backend: Any, other: Any) -> str:
+def _map_layer(name: str, backend: Backend, other: Backend) -> str:
     """``name`` as ``backend`` knows it: its own name, or the module path ``other`` recorded for it."""
     try:
         return backend.resolve_layer(name)
     except LayerError:
-        module_of = getattr(other, "module_of", None)
-        if module_of is None:
+        module = other.module_of(name)  # explains itself when the node is no module's output
+        if module == name:
             raise
-    return backend.resolve_layer(module_of(name))  # explains itself when the node is no module's output
+    return backend.resolve_layer(module)
 
 
-def _layers_for(layer: LayerSpec, backend: Any, other: Any) -> LayerSpec:
+def _layers_for(layer: LayerSpec, backend: Backend, other: Backend) -> LayerSpec:
     if layer is None:
         return None
     if isinstance(layer, str):

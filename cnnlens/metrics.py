@@ -53,13 +53,15 @@ def deletion_insertion(model: Any, x: Any, maps: Union[np.ndarray, Explanation],
 
 def randomisation_test(model: Any, x: Any, methods: Union[str, Sequence[str]], target: Target = None, *,
                        layers: Optional[Sequence[str]] = None, steps: Optional[int] = None, seed: int = 0,
-                       options: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, List[Dict[str, Any]]]:
+                       options: Optional[Dict[str, Dict[str, Any]]] = None,
+                       layer: LayerSpec = None) -> Dict[str, List[Dict[str, Any]]]:
     """The cascading model-parameter randomisation test: for each method, one entry per step (top
     layer first) with the Spearman rank correlation of |maps| and the SSIM between the original
-    and the randomised model's maps. See ``cnnlens.core.sanity.randomisation_test``."""
+    and the randomised model's maps; ``layer`` goes to the methods that take one. See
+    ``cnnlens.core.sanity.randomisation_test``."""
     names = [methods] if isinstance(methods, str) else list(methods)
     return _sanity.randomisation_test(backend_for(model), check_images(_as_numpy(x)), names, target,
-                                      layers=layers, steps=steps, seed=seed, options=options)
+                                      layers=layers, steps=steps, seed=seed, options=options, layer=layer)
 
 
 def sanity(model: Any, x: Any, methods: Sequence[str], target: Target = None, *, steps: Optional[int] = None,
@@ -76,12 +78,10 @@ def sanity(model: Any, x: Any, methods: Sequence[str], target: Target = None, *,
             raise InvalidInputError(f"{m} are activations, not a saliency map: leave them out of sanity")
     methods = names
     options = {m: dict((options or {}).get(m, {})) for m in methods}
-    for m in methods:
-        if layer is not None and _layered(m):
-            options[m].setdefault("layer", layer)
-    explained = {m: run(backend, images, m, target=target, **options[m]) for m in methods}
+    explained = {m: run(backend, images, m, target=target, layer=layer if lookup(m).layered else None, **options[m])
+                 for m in methods}
     randomisation = _sanity.randomisation_test(backend, images, list(methods), target, steps=steps, seed=seed,
-                                               options=options, originals=explained)
+                                               options=options, layer=layer, originals=explained)
     report: Dict[str, Any] = {"methods": {}}
     for m in methods:
         exp = explained[m]
@@ -90,6 +90,3 @@ def sanity(model: Any, x: Any, methods: Sequence[str], target: Target = None, *,
         report["methods"][m] = {"randomisation": randomisation[m], **aucs}
     return report
 
-
-def _layered(method: str) -> bool:
-    return lookup(method).layered

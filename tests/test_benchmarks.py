@@ -22,7 +22,7 @@ from cnnlens.core.occlusion import OcclusionGrid
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from bench import cases, floors, measure, peers, results, timing, workloads  # noqa: E402
 
-from helpers import images  # noqa: E402
+from tests.helpers import images  # noqa: E402
 
 
 # ---------------------------------------------------------------- cases.positions
@@ -322,7 +322,7 @@ def test_machine_name():
     assert results.machine_name({"cores": 2}) == "cpu-2core"
 
 
-# ---------------------------------------------------------------- results: files and README
+# ---------------------------------------------------------------- results: files and the speed page
 
 
 def _info(**over):
@@ -545,3 +545,20 @@ def test_update_readme_refuses_markers_in_the_wrong_order(tmp_path):
     with pytest.raises(SystemExit):
         results.update_readme(str(readme), "# t\n\nbody\n", "cpu-2core")
     assert readme.read_text() == "x\n<!-- bench:end -->\ny\n<!-- bench:start -->\n"
+
+
+def test_the_speed_page_holds_every_section_the_scripts_write():
+    """``--update-readme`` writes into docs/speed.md (the README is the short front page): each script's
+    section is there once, start before end, and no section sits inside another (a rerun of one script
+    would wipe what lies inside its block)."""
+    root = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
+    page = (root / "docs" / "speed.md").read_text()
+    spans = []
+    for section in ("bench", "occlusion-bench", "formats-bench", "explainer-bench", "audit-bench"):
+        start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+        assert page.count(start) == 1 and page.count(end) == 1, section
+        assert page.index(start) < page.index(end), section
+        spans.append((page.index(start), page.index(end)))
+    spans.sort()
+    assert all(a_end < b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert ":start -->" not in (root / "README.md").read_text()

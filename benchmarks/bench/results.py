@@ -195,8 +195,8 @@ def write(out_dir: str, info: Dict[str, Any], settings: Dict[str, Any], rows: Li
 
 
 def update_readme(readme: str, text: str, machine: str, section: str = "bench", script: str = "run.py") -> None:
-    """Replace the README's ``section`` (between its ``<!-- section:start/end -->`` markers) with
-    ``text``'s tables."""
+    """Replace the ``section`` of the Markdown page ``readme`` (docs/speed.md: between its
+    ``<!-- section:start/end -->`` markers) with ``text``'s tables."""
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     with open(readme) as f:
         content = f.read()
@@ -214,7 +214,8 @@ def update_readme(readme: str, text: str, machine: str, section: str = "bench", 
 def publish(name: str, text: str, data: Optional[Dict[str, Any]], section: str, script: str,
             update: bool) -> None:
     """Write ``results/<name>.md`` (and ``.json`` unless ``data`` is None), print the Markdown, and
-    with ``update`` put it into the README's ``section``: the tail of every benchmark script."""
+    with ``update`` put it into the ``section`` of the documentation's speed page (docs/speed.md): the
+    tail of every benchmark script."""
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
     os.makedirs(folder, exist_ok=True)
     files = [(".md", text)] + ([] if data is None else [(".json", json.dumps(data, indent=1, default=str) + "\n")])
@@ -223,5 +224,5 @@ def publish(name: str, text: str, data: Optional[Dict[str, Any]], section: str, 
             handle.write(content)
     print(text)
     if update:
-        readme = os.path.join(os.path.dirname(os.path.dirname(folder)), "README.md")
+        readme = os.path.join(os.path.dirname(os.path.dirname(folder)), "docs", "speed.md")
         update_readme(readme, text, name, section=section, script=script)

@@ -25,7 +25,8 @@ from ..core.methods import LAYER_MAP, METHODS, run
 from ..core.methods.support import runs
 from ..core.sanity import deletion_insertion_auc, randomisation_test
 from . import render, synthetic
-from .export import atomic_path, to_onnx, to_torchscript
+from .export import to_onnx, to_torchscript
+from .files import atomic_path
 from .report import write_report
 
 #: Methods whose maps can point: everything but the activations themselves.

@@ -13,12 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..core.backend import Backend
 from ..core.errors import InvalidInputError, LayerError, ModelError
 from ..core.methods import HEAD_LAYER, exportable_methods, lookup
 from ..core.methods.support import require
 from .explainer_request import layers_of, method_names, pass_size, resolve_options
 from .explainer_source import onnx_source
-from .export import atomic_path
+from .files import atomic_path
 
 #: the file may be this much larger than the plain model (judged on models of 1 MB and more)
 SIZE_ALLOWANCE = 1.05
@@ -138,7 +139,7 @@ def export_explainer(model: Any, path: str, methods: Union[str, Sequence[str]] =
         modules=_modules(backend, [n for r in requests for n in r.layers]))
 
 
-def _modules(backend: Any, layers: Sequence[str]) -> Dict[str, str]:
+def _modules(backend: Backend, layers: Sequence[str]) -> Dict[str, str]:
     """The torch module path of each layer, where the exporter recorded one."""
     found = {}
     for name in layers:
@@ -149,7 +150,7 @@ def _modules(backend: Any, layers: Sequence[str]) -> Dict[str, str]:
     return found
 
 
-def _image_shape(backend: Any, input_shape: Optional[Sequence[int]]) -> Tuple[int, int, int]:
+def _image_shape(backend: Backend, input_shape: Optional[Sequence[int]]) -> Tuple[int, int, int]:
     """The NCHW (C, H, W) the explainer is built for: the model's own, else ``input_shape``."""
     known = tuple(backend.image_shape)
     if input_shape is not None:

@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from ..core.errors import InvalidInputError
 from ..core.methods import lookup
-from .export import atomic_path
+from .files import atomic_path
 
 #: the onnxruntime-web release the page is tested with (examples/web/package.json pins the same)
 ORT_WEB_VERSION = "1.31.1"
@@ -28,13 +28,13 @@ _ASSETS = os.path.join(os.path.dirname(__file__), "web")
 MODEL_FILE = "explainer.onnx"
 
 
-def _colormap(name: str = "jet") -> list:
-    """The 256 colours (uint8 RGB) matplotlib's ``name`` colormap gives ``render.colorize``."""
+def colormap(name: str = "jet") -> list:
+    """The 256 colours (uint8 RGB) matplotlib's ``name`` colormap gives ``pictures.colorize``."""
     import numpy as np
 
-    from .render import _colormap as colormap
+    from . import pictures
 
-    return colormap(name)(np.arange(256), bytes=True)[:, :3].tolist()
+    return pictures.colormap(name)(np.arange(256), bytes=True)[:, :3].tolist()
 
 
 def _ort_source(folder: str, ort: Optional[str]) -> str:
@@ -74,7 +74,7 @@ def page_config(explainer: Any, mean: Sequence[float], std: Sequence[float], cha
         "layered": {m: isinstance(layers[m], list) for m in explainer.methods},
         "layerNames": {m: layers[m] for m in explainer.methods if isinstance(layers[m], list)},
         "labels": list(labels) if labels is not None else None, "alpha": float(alpha),
-        "colormap": _colormap(), "normalized": bool(explainer.normalize),
+        "colormap": colormap(), "normalized": bool(explainer.normalize),
         "about": f"{os.path.basename(explainer.path)}: {', '.join(explainer.methods)}; images are resized to "
                  f"cover {size[0]}x{size[1]}, centre-cropped and normalised as cnnlens explain does",
     }

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..core.errors import InvalidInputError, LayerError, UnsupportedError
-from ..core.methods import HEAD_LAYER, LAYERS, ONE_LAYER, exportable_methods, lookup
+from ..core.methods import HEAD_LAYER, LAYERS, ONE_LAYER, check_options_apply, exportable_methods, lookup, method_list
 from ..core.methods.registry import Method
 
 #: the methods the explainer runs in a Loop, each with the kind of pass (``backend.batch_size(kind,
@@ -20,17 +20,7 @@ LOOP_PASSES = {"integrated_gradients": "backward", "scorecam": "forward"}
 def method_names(methods: Union[str, Sequence[str]]) -> List[str]:
     """``"gradcam,saliency"`` or a list, as known method names (in order, once each); "all" is
     every exportable method."""
-    items = methods.split(",") if isinstance(methods, str) else list(methods)
-    names: List[str] = []
-    for item in items:
-        if not isinstance(item, str):
-            raise InvalidInputError(f"methods must be names (strings), got {item!r}")
-        for name in (n.strip() for n in item.split(",")):
-            if name == "all":
-                names.extend(exportable_methods())
-            elif name:
-                names.append(lookup(name).name)
-    names = list(dict.fromkeys(names))
+    names = method_list(methods, exportable_methods())
     if not names:
         raise InvalidInputError(f"no method given: name one or more of {', '.join(exportable_methods())}")
     for name in names:
@@ -52,12 +42,7 @@ def resolve_options(names: Sequence[str], shared: Mapping[str, Any],
                                     f"({', '.join(names)})")
         if not isinstance(value, Mapping):
             raise InvalidInputError(f"options[{key!r}] must be a dict of {key}'s options, got {value!r}")
-    for key in shared:
-        if not any(key in lookup(n).defaults for n in names):
-            takers = sorted({m for m in exportable_methods() if key in lookup(m).defaults})
-            hint = f" (taken by {', '.join(takers)})" if takers else ""
-            raise InvalidInputError(f"no exported method takes option {key!r}{hint}; the methods are "
-                                    f"{', '.join(names)}")
+    check_options_apply(names, shared, lambda key: f"option {key!r}", among=exportable_methods())
     found: Dict[str, Dict[str, Any]] = {}
     for name in names:
         method = lookup(name)

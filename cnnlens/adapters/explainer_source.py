@@ -4,6 +4,7 @@ first (into a temporary folder), so the explainer is built on the file the runti
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import warnings
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
 
 from ..backends import backend_for
+from ..core.backend import Backend
 from ..core.errors import ModelError
 from .export import to_onnx
 
@@ -19,19 +21,20 @@ from .export import to_onnx
 class OnnxSource:
     """The ONNX backend to build on, and the size in bytes of the plain ONNX model it came from."""
 
-    backend: Any
+    backend: Backend
     plain_bytes: int
     exported: bool  # True when cnnlens exported it from torch
 
 
-def _torch_kind(backend: Any) -> Optional[str]:
-    name = type(backend).__name__
-    return {"TorchBackend": "module", "ExportedBackend": "program"}.get(name)
+def _torch_kind(backend: Backend) -> Optional[str]:
+    """"module" (a torch or TorchScript module), "program" (a torch.export program) or None (ONNX)."""
+    return {"torch": "module", "torchscript": "module", "torch.export": "program"}.get(backend.name)
 
 
-def _export_program(program: Any, path: str, opset: Optional[int]) -> None:
+def _export_program(backend: Backend, path: str, opset: Optional[int]) -> None:
     import torch
 
+    program = torch.export.load(io.BytesIO(backend.spec().payload))  # the program, through the contract
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         exported = torch.onnx.export(program, (), dynamo=True, opset_version=opset, optimize=False,
@@ -61,7 +64,7 @@ def onnx_source(model: Any, input_shape: Optional[Sequence[int]], *, output: Any
     path = os.path.join(folder, "model.onnx")
     try:
         if kind == "program":
-            _export_program(backend.program, path, opset)
+            _export_program(backend, path, opset)
         else:
             module = backend.model
             shape = _export_shape(backend, input_shape)
@@ -90,7 +93,7 @@ def _onnx_output(choice: Any) -> Any:
     return choice if isinstance(choice, int) or choice is None else None
 
 
-def _export_shape(backend: Any, input_shape: Optional[Sequence[int]]) -> Tuple[int, ...]:
+def _export_shape(backend: Backend, input_shape: Optional[Sequence[int]]) -> Tuple[int, ...]:
     """One image's shape as the module takes it ((C, H, W), or (H, W, C) for an NHWC module)."""
     from .images import input_geometry
 

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..core.backend import Backend
 from ..core.errors import InvalidInputError
 
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -267,14 +268,14 @@ def prepare(paths: Union[PathLike, Sequence[PathLike]], size: Size, mean: Stats 
     return normalize(display, mean, std, channels), display
 
 
-def input_size(backend: Any) -> Optional[Tuple[Optional[int], Optional[int], Optional[int]]]:
+def input_size(backend: Backend) -> Optional[Tuple[Optional[int], Optional[int], Optional[int]]]:
     """The (C, H, W) a model takes (NCHW, whatever its own layout), from an ONNX backend's
     ``image_shape``.
 
     Each entry is an int, or None where the graph leaves it symbolic. Returns None when the
     backend declares no 4-D input shape (torch modules): the caller then needs a size.
     """
-    shape = getattr(backend, "image_shape", None)
+    shape = backend.image_shape
     if shape is None or len(shape) != 3:
         return None
     dims = tuple(
@@ -284,7 +285,7 @@ def input_size(backend: Any) -> Optional[Tuple[Optional[int], Optional[int], Opt
     return dims  # type: ignore[return-value]
 
 
-def input_geometry(backend: Any, size: Optional[Tuple[int, int]] = None) -> Tuple[int, Tuple[int, int]]:
+def input_geometry(backend: Backend, size: Optional[Tuple[int, int]] = None) -> Tuple[int, Tuple[int, int]]:
     """(channels, (H, W)) to prepare images for ``backend``: the ONNX input's size, else ``size``,
     else 224 x 224; channels from the input, else the first convolution's, else 3."""
     from ..core.errors import CnnlensError, ModelError
@@ -297,9 +298,9 @@ def input_geometry(backend: Any, size: Optional[Tuple[int, int]] = None) -> Tupl
             channels = int(backend.weights(None).shape[1])
         except (CnnlensError, AttributeError, IndexError):
             channels = 3
-    layout = getattr(backend, "layout", None)
-    if channels not in (1, 3) and layout is not None:
+    layout = backend.layout
+    if channels not in (1, 3):
         other = "NCHW" if layout == "NHWC" else "NHWC"
-        raise ModelError(f"the model's input {getattr(backend, 'input_shape', '')} read as {layout} takes {channels} "
-                         f"channels, and image files have 1 or 3: if the model is laid out {other}, give --layout {other}")
+        raise ModelError(f"the model's input, read as {layout}, takes images of {channels} channels, "
+                         f"and image files have 1 or 3: if the model is laid out {other}, give --layout {other}")
     return channels, fitted or (224, 224)  # type: ignore[return-value]

@@ -10,7 +10,6 @@ seeds' 99th-percentile capping, the positive / negative / absolute split and gra
 
 from __future__ import annotations
 
-import difflib
 import io
 import math
 import os
@@ -20,29 +19,18 @@ import numpy as np
 
 from ..core import scaling
 from ..core.errors import InvalidInputError
-from ..core.resize import resize_bilinear
 from ..core.roi import crop, threshold_box
+from .pictures import (GRADIENT_CMAP, colorize, finite, fit_to, gradient_gray, map2d, matplotlib_module, method_kind,
+                       method_panel, overlay, rgb, stack_maps)
 
-#: how each kind of map (``Method.kind`` in the method registry) is pictured
-_PICTURE = {"cam": "cam", "input": "gradient", "activations": "features"}
-
-GRADIENT_CMAP = "inferno"  # sequential, black for "no gradient"
 PANEL_INCHES = 3.0
 
 
 # --- lazy imports ------------------------------------------------------------------------
 
 
-def _matplotlib() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError("drawing pictures needs matplotlib: pip install 'cnnlens[viz]'") from None
-    return matplotlib
-
-
-def _new_figure(figsize: Tuple[float, float]) -> Any:
-    _matplotlib()
+def new_figure(figsize: Tuple[float, float]) -> Any:
+    matplotlib_module()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -57,161 +45,6 @@ def _pil_image() -> Any:
     except ImportError:
         raise ImportError("writing PNG files needs Pillow: pip install 'cnnlens[viz]'") from None
     return Image
-
-
-# --- checks ------------------------------------------------------------------------------
-
-
-def _rgb(image: Any) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype == np.uint8 and image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidInputError(
-            f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}; for a network input use "
-            f"cnnlens.adapters.images.denormalize(x) to get it back as pixels"
-        )
-    return image
-
-
-def _map2d(values: Any, what: str) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float32)
-    if values.ndim != 2:
-        raise InvalidInputError(f"{what} must be one (H, W) map, got shape {values.shape}")
-    return values
-
-
-def _stack(values: Any, what: str) -> np.ndarray:
-    """(K, h, w), also accepting (1, K, h, w): one image's stack of maps."""
-    values = np.asarray(values, dtype=np.float32)
-    if values.ndim == 4 and values.shape[0] == 1:
-        values = values[0]
-    if values.ndim != 3:
-        raise InvalidInputError(f"{what} must be (K, h, w) for one image, got shape {values.shape}")
-    return values
-
-
-def _fit_to(heat: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-    return heat if heat.shape == tuple(shape) else resize_bilinear(heat, shape)
-
-
-def _finite(values: np.ndarray) -> np.ndarray:
-    return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-# --- arrays ------------------------------------------------------------------------------
-
-
-def _colormap(cmap: str) -> Any:
-    colormaps = _matplotlib().colormaps
-    try:
-        return colormaps[cmap]
-    except KeyError:
-        close = difflib.get_close_matches(str(cmap), list(colormaps), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise InvalidInputError(f"unknown colormap {cmap!r}.{hint} See matplotlib's colormap list.") from None
-
-
-def colorize(values: np.ndarray, cmap: str = "jet") -> np.ndarray:
-    """Values in [0, 1] (H, W) -> uint8 (H, W, 3) through ``matplotlib.colormaps[cmap]``.
-
-    Values are clipped to [0, 1]; NaN counts as 0.
-    """
-    values = np.clip(_finite(np.asarray(values, dtype=np.float64)), 0.0, 1.0)
-    return np.ascontiguousarray(_colormap(cmap)(values, bytes=True)[..., :3])
-
-
-def _normalise_one(heat: np.ndarray, scale: str) -> np.ndarray:
-    heat = _finite(heat)[None]
-    if scale == "minmax":
-        return scaling.normalize_minmax(heat)[0]
-    if scale == "percentile":
-        return scaling.normalize_percentile(heat, 99.0)[0]
-    raise InvalidInputError(f"scale must be 'minmax' or 'percentile', got {scale!r}")
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "jet",
-            scale: str = "minmax") -> np.ndarray:
-    """A raw map (h, w) over uint8 (H, W, 3): ``(1 - alpha) * image + alpha * colorize(map)``.
-
-    The map is resized bilinearly to the image when the sizes differ, then scaled to [0, 1]
-    per image: ``"minmax"``, or ``"percentile"`` (capped at the 99th percentile). Returns uint8.
-    """
-    image = _rgb(image)
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise InvalidInputError(f"alpha must lie in [0, 1], got {alpha!r}")
-    heat = _fit_to(_map2d(heat, "heat"), image.shape[:2])
-    colour = colorize(_normalise_one(heat, scale), cmap).astype(np.float32)
-    blended = (1.0 - float(alpha)) * image.astype(np.float32) + float(alpha) * colour
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
-
-
-def _gradient_gray(gradient: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> (H, W) in [0, 1]: the sum of |g| over channels, capped at the 99th percentile."""
-    return scaling.normalize_percentile(scaling.grayscale(_finite(gradient)[None]), 99.0)[0]
-
-
-def _nearest(tile: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-    rows = np.arange(shape[0]) * tile.shape[0] // shape[0]
-    cols = np.arange(shape[1]) * tile.shape[1] // shape[1]
-    return tile[rows[:, None], cols[None, :]]
-
-
-def _mosaic(maps: np.ndarray, shape: Tuple[int, int], max_maps: int = 16, gap: int = 1) -> np.ndarray:
-    """The first ``max_maps`` maps (K, h, w), each min-max and viridis, tiled (nearest, keeping
-    the maps' aspect) and centred on a white uint8 (H, W, 3) canvas."""
-    maps = _finite(maps[:max_maps])
-    count, (h, w) = len(maps), maps.shape[1:]
-    side = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / side)
-    zoom = min((shape[0] - gap * (rows - 1)) / (rows * h), (shape[1] - gap * (side - 1)) / (side * w))
-    tile_h, tile_w = max(1, int(h * zoom)), max(1, int(w * zoom))
-    top0 = max(0, (shape[0] - rows * tile_h - gap * (rows - 1)) // 2)
-    left0 = max(0, (shape[1] - side * tile_w - gap * (side - 1)) // 2)
-    out = np.full(tuple(shape) + (3,), 255, dtype=np.uint8)
-    for i, tile in enumerate(colorize(scaling.normalize_minmax(maps), "viridis")):
-        top = top0 + (i // side) * (tile_h + gap)
-        left = left0 + (i % side) * (tile_w + gap)
-        block = _nearest(tile, (tile_h, tile_w))
-        out[top:top + tile_h, left:left + tile_w] = block[: shape[0] - top, : shape[1] - left]
-    return out
-
-
-def _method_kind(method: str) -> str:
-    """"cam", "gradient" or "features": read off the method's description (its kind of map)."""
-    from ..core.errors import UnknownMethodError
-    from ..core.methods import lookup
-
-    try:
-        return _PICTURE[lookup(method).kind]
-    except UnknownMethodError as error:
-        raise InvalidInputError(f"no picture for method {method!r}: {str(error).split('. ', 1)[-1]}") from None
-
-
-def method_panel(image: np.ndarray, exp_map: np.ndarray, method: str) -> np.ndarray:
-    """One uint8 (H, W, 3) picture of one image's explanation, the size of ``image``.
-
-    CAM family and occlusion: (H, W), (N, H, W) or (N, L, H, W) (first image, deepest layer)
-    -> ``overlay``. Gradient methods: (C, H, W) or (N, C, H, W) (first image) -> the sum of
-    |g| over channels capped at the 99th percentile, in a sequential colormap. feature_maps:
-    (K, h, w) or (N, K, h, w) -> a mosaic of the first 16 maps.
-    """
-    image = _rgb(image)
-    kind = _method_kind(method)
-    maps = np.asarray(exp_map, dtype=np.float32)
-    shape = image.shape[:2]
-    if kind == "cam":
-        if maps.ndim == 3:  # (N, H, W)
-            maps = maps[0]
-        elif maps.ndim == 4:  # (N, L, H, W): the deepest layer
-            maps = maps[0, -1]
-        return overlay(image, _map2d(maps, f"a {method} map"))
-    if kind == "gradient":
-        maps = maps[0] if maps.ndim == 4 else maps
-        if maps.ndim != 3:
-            raise InvalidInputError(f"a {method} map must be (C, H, W) or (N, C, H, W), got shape {maps.shape}")
-        return colorize(_fit_to(_gradient_gray(maps), shape), GRADIENT_CMAP)
-    return _mosaic(_stack(maps[:1] if maps.ndim == 4 else maps, "feature maps"), shape)
 
 
 # --- figures -----------------------------------------------------------------------------
@@ -243,7 +76,7 @@ def _aspect(shape: Tuple[int, ...]) -> float:
 def _panel_figure(rows: int, columns: int, shape: Tuple[int, ...], title: str, inches: float = PANEL_INCHES) -> Any:
     head = 0.5 if title else 0.0
     height = rows * (inches * min(2.0, max(0.5, _aspect(shape))) + 0.35) + head
-    figure = _new_figure((columns * inches, height))
+    figure = new_figure((columns * inches, height))
     if title:
         figure.suptitle(title)
     return figure
@@ -265,13 +98,13 @@ def gradient_figure(image: np.ndarray, gradient: np.ndarray, title: str = "") ->
     parts, each scaled by its maximum (``scaling.split_sign``). Row 3: the same parts capped
     at their 99th percentile (``scaling.normalize_percentile``). Returns a matplotlib Figure.
     """
-    image = _rgb(image)
+    image = rgb(image)
     gradient = np.asarray(gradient, dtype=np.float32)
     if gradient.ndim == 4 and gradient.shape[0] == 1:
         gradient = gradient[0]
     if gradient.ndim != 3:
         raise InvalidInputError(f"gradient must be one image's (C, H, W), got shape {gradient.shape}")
-    g = _finite(gradient)[None]
+    g = finite(gradient)[None]
     positive, negative, absolute = (part[0] for part in scaling.split_sign(g))
     parts = [("all |gradient|", absolute), ("positive gradient", positive), ("negative gradient", negative)]
     gray = "gray" if gradient.shape[0] != 3 else None
@@ -279,7 +112,7 @@ def gradient_figure(image: np.ndarray, gradient: np.ndarray, title: str = "") ->
     axes = figure.subplots(3, 3, squeeze=False)
     _show(axes[0, 0], image, "image")
     _show(axes[0, 1], _as_panel(scaling.normalize_minmax(g)[0]), "gradient (min-max)", cmap=gray)
-    _show(axes[0, 2], _gradient_gray(gradient), "grayscale: sum |g| (99th pct)", cmap="gray")
+    _show(axes[0, 2], gradient_gray(gradient), "grayscale: sum |g| (99th pct)", cmap="gray")
     for column, (name, part) in enumerate(parts):
         capped = scaling.normalize_percentile(part[None], 99.0)[0]
         _show(axes[1, column], _as_panel(part), name, cmap=gray)
@@ -306,8 +139,8 @@ def layer_grid(image: np.ndarray, maps: np.ndarray, names: Sequence[Any], title:
     ``(name, kind)`` pair or a ``cnnlens.Layer``; panels are titled with name and kind.
     Each layer's map is min-max scaled on its own. Returns a matplotlib Figure.
     """
-    image = _rgb(image)
-    maps = _stack(maps, "maps")
+    image = rgb(image)
+    maps = stack_maps(maps, "maps")
     names = list(names)
     if len(names) != len(maps):
         raise InvalidInputError(f"{len(maps)} maps but {len(names)} names: pass one name per layer")
@@ -316,7 +149,7 @@ def layer_grid(image: np.ndarray, maps: np.ndarray, names: Sequence[Any], title:
     figure = _panel_figure(rows, columns, image.shape, title, inches=2.6)
     for ax, heat, entry in zip(_grid(figure, len(maps), columns), maps, names):
         label = _layer_title(entry)
-        if not np.any(_finite(heat) > 0):
+        if not np.any(finite(heat) > 0):
             label += " [map all 0]"
         _show(ax, overlay(image, heat), label, small=len(maps) > 8)
     return figure
@@ -331,12 +164,12 @@ def gradient_layer_grid(image: np.ndarray, maps: np.ndarray, names: Sequence[Any
     if maps.ndim != 4 or len(names) != len(maps):
         raise InvalidInputError(f"gradient maps per layer must be (L, C, H, W) with one name per layer, got "
                                 f"{maps.shape} and {len(names)} names")
-    image = _rgb(image)
+    image = rgb(image)
     shape = image.shape[:2]
     columns = max(1, min(int(columns), len(maps)))
     figure = _panel_figure(math.ceil(len(maps) / columns), columns, image.shape, title, inches=2.6)
     for ax, gradient, entry in zip(_grid(figure, len(maps), columns), maps, names):
-        _show(ax, colorize(_fit_to(_gradient_gray(gradient), shape), GRADIENT_CMAP), _layer_title(entry),
+        _show(ax, colorize(fit_to(gradient_gray(gradient), shape), GRADIENT_CMAP), _layer_title(entry),
               small=len(maps) > 8)
     return figure
 
@@ -344,7 +177,7 @@ def gradient_layer_grid(image: np.ndarray, maps: np.ndarray, names: Sequence[Any
 def feature_map_grid(maps: np.ndarray, max_maps: int = 64, title: str = "") -> Any:
     """The first ``max_maps`` of one image's feature maps (K, h, w), each min-max, viridis,
     titled with its channel index. Returns a matplotlib Figure."""
-    maps = _finite(_stack(maps, "maps"))
+    maps = finite(stack_maps(maps, "maps"))
     if max_maps < 1:
         raise InvalidInputError(f"max_maps must be at least 1, got {max_maps!r}")
     shown = maps[:max_maps]
@@ -366,7 +199,7 @@ def filter_grid(weights: np.ndarray, max_filters: int = 64, title: str = "", sca
     ``scale="bank"`` min-max scales every tile with the range of the whole bank shown (so
     filters compare); ``"filter"`` scales each filter on its own. Returns a matplotlib Figure.
     """
-    weights = _finite(np.asarray(weights, dtype=np.float32))
+    weights = finite(np.asarray(weights, dtype=np.float32))
     if weights.ndim != 4:
         raise InvalidInputError(
             f"filter_grid needs a convolution's (out, in, kh, kw) weights, got shape {weights.shape}"
@@ -398,10 +231,10 @@ def roi_figure(image: np.ndarray, cam: np.ndarray, threshold: float = 0.5) -> An
     image cropped to that box beside it. Returns a matplotlib Figure."""
     from matplotlib.patches import Rectangle
 
-    image = _rgb(image)
+    image = rgb(image)
     if not 0.0 <= float(threshold) <= 1.0:
         raise InvalidInputError(f"threshold must lie in [0, 1], got {threshold!r}")
-    heat = _fit_to(_finite(_map2d(cam, "cam")), image.shape[:2])
+    heat = fit_to(finite(map2d(cam, "cam")), image.shape[:2])
     box = threshold_box(heat, threshold)
     figure = _panel_figure(1, 2, image.shape, f"region of interest (threshold {threshold:g})")
     left_ax, right_ax = figure.subplots(1, 2, squeeze=False)[0]
@@ -429,7 +262,7 @@ def explanation_figure(image: np.ndarray, exp: Any, index: int = 0) -> Any:
     """The figure for image ``index`` of an Explanation: ``gradient_figure`` for the gradient
     methods, ``layer_grid`` for a CAM over a list of layers, the image beside the overlay for
     one CAM-family or occlusion map, ``feature_map_grid`` for feature maps."""
-    kind = _method_kind(exp.method)
+    kind = method_kind(exp.method)
     maps = np.asarray(exp.maps)[index]
     target = np.asarray(exp.target)[index]
     what = f"class {int(target)}" if np.ndim(target) == 0 else "output weights"
@@ -463,7 +296,7 @@ def methods_grid(images: np.ndarray, maps: Dict[str, np.ndarray], row_titles: Se
     axes = figure.subplots(len(images), columns, squeeze=False)
     for i, image in enumerate(images):
         label = row_titles[i] if i < len(row_titles) else "input"
-        _show(axes[i, 0], _rgb(image), label, small=True, interpolation="nearest")
+        _show(axes[i, 0], rgb(image), label, small=True, interpolation="nearest")
         for j, method in enumerate(methods, start=1):
             _show(axes[i, j], method_panel(image, maps[method][i], method), method if i == 0 else "", small=True)
     return figure
@@ -490,7 +323,7 @@ def save_png(figure_or_array: Any, path: Union[str, "os.PathLike[str]"], dpi: in
     """Write a Figure or a uint8 image array to ``path`` as PNG, atomically: to a temporary
     file beside it, then renamed; on any error no file (and no temporary) is left. Returns
     the path."""
-    from .export import atomic_path
+    from .files import atomic_path
 
     path = os.fspath(path)
     with atomic_path(path) as temporary:
@@ -507,7 +340,7 @@ def png_bytes(figure_or_array: Any, dpi: int = 100) -> bytes:
 
 def save_npy(array: np.ndarray, path: Union[str, "os.PathLike[str]"]) -> str:
     """Write ``array`` to ``path`` in NumPy's .npy format, atomically like ``save_png``."""
-    from .export import atomic_path
+    from .files import atomic_path
 
     path = os.fspath(path)
     with atomic_path(path) as temporary:

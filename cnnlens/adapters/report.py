@@ -16,27 +16,23 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core.backend import Backend
 from ..core.errors import CnnlensError
 from ..core.methods import METHODS, run, supported_methods
 from ..core.targets import probabilities
 from ..core.types import Explanation, Layer
 from . import render
-from .export import atomic_path
+from .files import atomic_path
+from .page_style import PAGE_STYLE
 
 #: Most layers the browser shows (evenly spaced beyond that), to keep the file small.
 MAX_BROWSER_LAYERS = 48
 
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a;background:#fafbfc}
-h1{font-size:1.5em;margin:0 0 4px} h2{font-size:1.2em;margin:28px 0 8px;border-bottom:1px solid #d5dbe1;padding-bottom:4px}
-.meta{color:#5b6670;font-size:.9em}
+_STYLE = PAGE_STYLE + """
 .image-row{display:flex;gap:24px;align-items:flex-start;flex-wrap:wrap}
-table{border-collapse:collapse;font-size:.9em} td,th{padding:3px 10px;text-align:left;border-bottom:1px solid #e4e8ec}
-th{color:#5b6670;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .panels{display:flex;flex-wrap:wrap;gap:12px;margin-top:12px}
-figure{margin:0;background:#fff;border:1px solid #e0e5ea;border-radius:6px;padding:6px;text-align:center}
 figure img{display:block;width:192px;height:auto;image-rendering:auto}
-figcaption{font-size:.8em;color:#3b454f;margin-top:4px;max-width:192px;word-wrap:break-word}
+figcaption{max-width:192px}
 .na{width:192px;height:120px;display:flex;align-items:center;justify-content:center;color:#8a949e;font-size:.8em;padding:4px}
 select{font-size:1em;padding:4px;max-width:100%}
 .layer-panel[hidden]{display:none}
@@ -95,7 +91,7 @@ def _browser_layers(layers: List[Layer]) -> List[Layer]:
     return [spatial[i] for i in keep]
 
 
-def explain_all(backend: Any, x: np.ndarray, methods: Sequence[str],
+def explain_all(backend: Backend, x: np.ndarray, methods: Sequence[str],
                 options: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Tuple[Optional[Explanation], str, float]]:
     """Run each method: name -> (explanation or None, error message, seconds)."""
     results = {}
@@ -109,7 +105,7 @@ def explain_all(backend: Any, x: np.ndarray, methods: Sequence[str],
     return results
 
 
-def write_report(path: str, backend: Any, x: np.ndarray, display: np.ndarray, names: Sequence[str],
+def write_report(path: str, backend: Backend, x: np.ndarray, display: np.ndarray, names: Sequence[str],
                  methods: Optional[Sequence[str]] = None, labels: Optional[Sequence[str]] = None,
                  title: str = "cnnlens report", options: Optional[Dict[str, Dict[str, Any]]] = None,
                  results: Optional[Dict[str, Tuple[Optional[Explanation], str, float]]] = None,
@@ -163,7 +159,7 @@ def _notes_table(notes: Dict[str, Dict[str, str]]) -> str:
     return f"<h2>Methods</h2><table class=quality><tr><th>method</th>{head}</tr>{rows}</table>"
 
 
-def _layer_browser(backend: Any, x: np.ndarray, display: np.ndarray, names: Sequence[str]) -> str:
+def _layer_browser(backend: Backend, x: np.ndarray, display: np.ndarray, names: Sequence[str]) -> str:
     try:
         layers = _browser_layers(backend.layers(tuple(x.shape)))
     except CnnlensError:

@@ -193,7 +193,7 @@ def cluster_results(results: str, clusters_path: str, job: AuditJob, files: Dict
     summary per (method, class). ``files`` maps a row's path to the file to show."""
     import pyarrow.parquet as pq
 
-    from ..adapters.export import atomic_path
+    from ..adapters.files import atomic_path
 
     dataset = _dataset(results)
     light = _light(dataset)

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core.backend import Backend
 from ..core.errors import CnnlensError, InvalidInputError, ModelError
 from ..core.mapstats import summarise
 from ..core.methods import run
@@ -88,7 +89,7 @@ def _one_blas_thread() -> Any:
 class BatchExplainer:
     """Explains batches of prepared images with every method of ``job`` on ``backend``."""
 
-    def __init__(self, backend: Any, job: AuditJob, class_names: Optional[Sequence[str]] = None):
+    def __init__(self, backend: Backend, job: AuditJob, class_names: Optional[Sequence[str]] = None):
         for method in job.methods:
             require(backend, method, context="audit: ")
         self.backend, self.job = backend, job
@@ -130,8 +131,10 @@ class BatchExplainer:
     def _rows(self, batch: Sequence[Prepared], method: str) -> Piece:
         x = np.stack([p.x for p in batch])
         labels = [p.item.label for p in batch]
-        target = None if self.job.target == "predicted" else np.asarray(labels, dtype=np.int64)
-        exp = run(self.backend, x, method, target=target, **self.job.method_options(method))
+        target = (None if self.job.target == "predicted" else np.asarray(labels, dtype=np.int64)
+                  if self.job.target == "label" else np.full(len(x), self.job.target, dtype=np.int64))
+        exp = run(self.backend, x, method, target=target, layer=self.job.layer_for(method),
+                  **self.job.method_options(method))
         logits = np.asarray(exp.logits)
         if logits.ndim != 2:
             raise ModelError(f"the model's output has shape {logits.shape}; an audit explains classifiers, whose "

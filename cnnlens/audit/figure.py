@@ -1,4 +1,4 @@
-"""A picture of one group's SpRAy clusters for documents (the README): per cluster its mean map
+"""A picture of one group's SpRAy clusters for documents (docs/guides/audit.md): per cluster its mean map
 and a few members' maps over their images."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def clusters_figure(group: GroupSummary, input_size: Tuple[int, int], notes: Seq
                     examples: int = 4) -> Any:
     """A matplotlib Figure: one row per cluster (its mean map, then up to ``examples`` members);
     ``notes[k]`` is added to cluster k's title."""
-    plt_figure = render._new_figure((1.6 * (examples + 1), 1.7 * len(group.clusters) + 0.4))
+    plt_figure = render.new_figure((1.6 * (examples + 1), 1.7 * len(group.clusters) + 0.4))
     axes = plt_figure.subplots(len(group.clusters), examples + 1, squeeze=False)
     for k, cluster in enumerate(group.clusters):
         mean = resize_bilinear(cluster.mean_map[None], input_size)[0]

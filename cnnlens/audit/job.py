@@ -8,15 +8,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from ..adapters.images import IMAGENET_MEAN, IMAGENET_STD
 from ..core.errors import InvalidInputError
 from ..core.methods import LAYER_MAP, lookup
 from .sources import Item
 
-#: ``--target``: what each image's map explains.
+#: ``--target``: what each image's map explains (or a class index: that class for every image).
 TARGETS = ("predicted", "label")
+
+
+def describe_target(target: Union[str, int]) -> str:
+    """What an audit's maps explain, in words."""
+    return {"predicted": "the predicted class", "label": "the label"}.get(str(target), f"class {target}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +34,8 @@ class AuditJob:
     ``layer``: the CAM family's layer (None: each method's default); ``options``: per method,
     its options; ``size`` (H, W), ``mean``, ``std``, ``channels``: preprocessing, as
     ``cnnlens explain`` does it; ``map_size``: the stored maps' side; ``target``: "predicted"
-    (explain the predicted class) or "label"; ``batch_size``: images per model batch;
+    (explain the predicted class), "label", or a class index (that class on every image, as
+    ``cnnlens explain --target``); ``batch_size``: images per model batch;
     ``shard_size``: images per results file; ``max_cluster_maps``: most maps per (method,
     class) that go into the spectral clustering (the rest join their nearest cluster);
     ``max_clusters``: the eigengap looks at most this many clusters; ``seed``: the clustering's.
@@ -41,7 +49,7 @@ class AuditJob:
     std: Tuple[float, ...] = IMAGENET_STD
     channels: int = 3
     map_size: int = 56
-    target: str = "predicted"
+    target: Union[str, int] = "predicted"
     batch_size: int = 32
     shard_size: int = 256
     max_cluster_maps: int = 5000
@@ -59,8 +67,10 @@ class AuditJob:
         if len(set(methods)) != len(methods):
             raise InvalidInputError(f"a method is named twice in {list(self.methods)}")
         object.__setattr__(self, "methods", methods)
-        if self.target not in TARGETS:
-            raise InvalidInputError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if isinstance(self.target, (int, np.integer)) and not isinstance(self.target, bool) and self.target >= 0:
+            object.__setattr__(self, "target", int(self.target))
+        elif self.target not in TARGETS:
+            raise InvalidInputError(f"target must be one of {TARGETS} or a class index, got {self.target!r}")
         for name in ("map_size", "batch_size", "shard_size", "max_cluster_maps", "max_clusters"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -71,11 +81,12 @@ class AuditJob:
             lookup(method).check_options(dict(given))
 
     def method_options(self, method: str) -> Dict[str, Any]:
-        """The options given for ``method`` (and its layer)."""
-        options = dict(dict(self.options).get(method, ()))
-        if self.layer is not None and lookup(method).layered:
-            options["layer"] = self.layer
-        return options
+        """The options given for ``method``."""
+        return dict(dict(self.options).get(method, ()))
+
+    def layer_for(self, method: str) -> Optional[str]:
+        """The layer ``method`` maps: the job's, for a method that takes a layer (None: its default)."""
+        return self.layer if lookup(method).layered else None
 
     def fingerprint(self, items: Sequence[Item], model: str) -> Dict[str, Any]:
         """What a rerun must share with the run that wrote the shards it keeps: these settings

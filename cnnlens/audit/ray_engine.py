@@ -20,12 +20,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..backends import from_spec
+from ..core.backend import Backend, BackendSpec
 from .arrow import RESULT_COLUMNS
 from .explainer import BatchExplainer, Piece, Prepared, error_record
 from .job import AuditJob
 from .local import DECODE_THREADS, _prepared, batches
 from .shards import shard_of
-from .shipment import ModelShipment, ship
 from .sources import Item
 
 #: CPUs each actor gets when the cluster has no GPUs (its torch / ONNX Runtime threads).
@@ -90,8 +91,8 @@ class _Explain:
     """A Ray actor: loads the model once, then explains model batches (one per dataset row, the
     same batches the local engine makes)."""
 
-    def __init__(self, shipment: ModelShipment, job: AuditJob, names: Optional[Sequence[str]]):
-        self.backend = shipment.load()
+    def __init__(self, spec: BackendSpec, job: AuditJob, names: Optional[Sequence[str]]):
+        self.backend = from_spec(spec)
         self.job = job
         self.explainer = BatchExplainer(self.backend, job, names)
         self.pool = futures.ThreadPoolExecutor(DECODE_THREADS)
@@ -123,14 +124,14 @@ def _start(ray: Any, address: Optional[str], cpus: Optional[int]) -> bool:
     return True
 
 
-def run_ray(backend: Any, job: AuditJob, names: Optional[Sequence[str]], work: Dict[int, List[Item]],
+def run_ray(backend: Backend, job: AuditJob, names: Optional[Sequence[str]], work: Dict[int, List[Item]],
             write: Callable[[int, Piece, Dict[str, Any]], None], advance: Callable[[int], None],
             address: Optional[str] = None, cpus: Optional[int] = None, actors: Optional[int] = None) -> None:
     """Explain the items of every shard in ``work`` on Ray; ``write`` each shard as it completes."""
     if not work:
         return
     ray = _ray()
-    shipment = ship(backend)
+    spec = backend.spec()  # the model as it travels to the actors: every replica explains the same scores
     started = _start(ray, address, cpus)
     try:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -145,7 +146,7 @@ def run_ray(backend: Any, job: AuditJob, names: Optional[Sequence[str]], work: D
         rows = [{"items": json.dumps([[i.index, i.path, i.file, i.label, i.box] for i in chunk])}
                 for shard in sorted(work) for chunk in batches(work[shard], job.batch_size)]
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
-        explained = dataset.map_batches(_Explain, fn_constructor_kwargs={"shipment": shipment, "job": job, "names": names},
+        explained = dataset.map_batches(_Explain, fn_constructor_kwargs={"spec": spec, "job": job, "names": names},
                                         batch_size=1, batch_format="numpy",
                                         compute=ray.data.ActorPoolStrategy(size=count), **per_actor)
         paths = {i.index: i.path for i in items}

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..adapters import images, render
-from ..adapters.export import atomic_path
+from ..adapters.files import atomic_path
+from ..adapters.page_style import PAGE_STYLE
 from ..core.errors import CnnlensError
 from ..core.resize import resize_bilinear
 from .summary import ClusterSummary, Example, GroupSummary
@@ -27,18 +28,13 @@ JPEG_QUALITY = 80
 #: The grey a missing image is drawn in (its map is still overlaid).
 PLACEHOLDER_GREY = 128
 
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a;background:#fafbfc}
-h1{font-size:1.5em;margin:0 0 4px} h2{font-size:1.2em;margin:32px 0 8px;border-bottom:1px solid #d5dbe1;padding-bottom:4px}
-h3{font-size:1em;margin:18px 0 6px} .meta,.note{color:#5b6670;font-size:.85em}
-table{border-collapse:collapse;font-size:.9em} td,th{padding:3px 10px;text-align:left;border-bottom:1px solid #e4e8ec;vertical-align:top}
-th{color:#5b6670;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
+_STYLE = PAGE_STYLE + """
 .row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin:6px 0}
 .cluster{display:flex;gap:16px;align-items:flex-start;margin:10px 0;padding:8px;border:1px solid #e0e5ea;border-radius:6px;background:#fff}
 .cluster-head{min-width:120px;font-size:.9em}
-figure{margin:0;background:#fff;border:1px solid #e0e5ea;border-radius:4px;padding:4px;text-align:center}
+figure{border-radius:4px;padding:4px}
 figure img{display:block;margin:auto}
-figcaption{font-size:.72em;color:#3b454f;margin-top:3px;word-wrap:break-word;overflow-wrap:anywhere}
+figcaption{font-size:.72em;margin-top:3px}
 figcaption .missing{color:#a33}
 .eig{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8em;color:#5b6670}
 """

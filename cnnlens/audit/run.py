@@ -14,12 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from ..adapters.files import atomic_path
 from ..backends import backend_for
 from ..core import progress
+from ..core.backend import Backend
 from ..core.errors import CnnlensError, InvalidInputError
-from ..adapters.export import atomic_path
 from .explainer import BatchExplainer, Piece, shard_table
-from .job import AuditJob, freeze_options
+from .job import AuditJob, describe_target, freeze_options
 from .shards import ShardStore, pending
 from .sources import DataSource, read_source
 from .summary import GroupSummary
@@ -49,7 +50,7 @@ class AuditResult:
 def audit(model: Any, data: Union[str, "os.PathLike[str]"], out: Union[str, "os.PathLike[str]"],
           methods: Sequence[str] = ("gradcam",), *, engine: str = "local", labels: Union[None, str, Sequence[str]] = None,
           size: Optional[Tuple[int, int]] = None, mean: Optional[Sequence[float]] = None,
-          std: Optional[Sequence[float]] = None, target: str = "predicted", layer: Optional[str] = None,
+          std: Optional[Sequence[float]] = None, target: Union[str, int] = "predicted", layer: Optional[str] = None,
           options: Optional[Dict[str, Dict[str, Any]]] = None, batch_size: int = 32, map_size: int = 56,
           shard_size: int = 256, max_cluster_maps: int = 5000, max_clusters: int = 8, seed: int = 0,
           overwrite: bool = False, report: bool = True, ray_address: Optional[str] = None,
@@ -61,9 +62,9 @@ def audit(model: Any, data: Union[str, "os.PathLike[str]"], out: Union[str, "os.
     ``model``: anything :func:`cnnlens.load` takes. ``data``: a folder of images (class
     sub-folders give labels) or a ``.csv`` / ``.parquet`` manifest with ``path`` and optional
     ``label`` and ``top, left, bottom, right`` box columns. ``out``: the folder written (see the
-    README's "Auditing a dataset"). ``labels``: class names in the model's order (a file with one
+    documentation's docs/guides/audit.md). ``labels``: class names in the model's order (a file with one
     per line, or a list). ``size``/``mean``/``std``: preprocessing (default: the ONNX input's size,
-    else 224 x 224; ImageNet statistics). ``target``: "predicted" or "label". ``layer`` and
+    else 224 x 224; ImageNet statistics). ``target``: "predicted", "label" or a class index. ``layer`` and
     ``options`` (per method): as for :func:`cnnlens.explain`. ``engine``: "local" or "ray"
     (``ray_address``: a cluster to join, "auto" for the running one; by default a local instance
     with ``ray_cpus`` CPUs, shut down at the end; ``ray_actors``: model replicas). A rerun into
@@ -127,10 +128,10 @@ def _check_dependencies(engine: str, report: bool) -> None:
         _ray()
 
 
-def _describe(model: Any, backend: Any) -> str:
+def _describe(model: Any, backend: Backend) -> str:
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
-    inner = getattr(backend, "model", model)
+    inner = backend.model
     return f"{backend.name}:{type(inner).__module__}.{type(inner).__qualname__}"
 
 
@@ -177,7 +178,7 @@ def _finish(store: ShardStore, source: DataSource, job: AuditJob, name: str, eng
         report_started = time.perf_counter()
         meta = {"model": name, "data": source.description, "methods": ", ".join(job.methods),
                 "explained": f"{explained} of {len(source.items)} images ({len(errors)} errors in errors.csv)",
-                "target": "the predicted class" if job.target == "predicted" else "the label"}
+                "target": describe_target(job.target)}
         write_audit_report(store.output("report.html"), groups, input_size=job.size, title=f"cnnlens audit: {name}",
                            meta=meta)
         summary["seconds"]["report"] = round(time.perf_counter() - report_started, 3)

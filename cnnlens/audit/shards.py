@@ -16,7 +16,7 @@ import os
 import shutil
 from typing import Any, Dict, List, Sequence, Set
 
-from ..adapters.export import atomic_path
+from ..adapters.files import atomic_path
 from ..core.errors import InvalidInputError
 
 RESULTS, RECORDS, JOB_FILE = "results", "shards", "audit.json"

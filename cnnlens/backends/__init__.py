@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import sys
 import warnings
 import zipfile
 from typing import Any, Optional, Union
 
+from ..core.backend import BackendSpec, is_backend
 from ..core.errors import ModelError
 from .base import Backend
 
@@ -19,26 +22,24 @@ def _module(name: str) -> Any:
     return sys.modules.get(name)
 
 
-def _is_backend(model: Any) -> bool:
-    return hasattr(model, "capabilities") and hasattr(model, "forward") and hasattr(model, "resolve_layer")
-
-
 def backend_for(model: Any, device: Optional[str] = None, output: Union[None, int, str] = None,
                 trust_pickle: bool = False, layout: str = "auto") -> Backend:
     """The backend driving ``model``: a loaded backend, an ``nn.Module`` / ScriptModule, an
-    ``onnx.ModelProto``, ONNX bytes, or a path to an ``.onnx`` or TorchScript file (or, with
+    ``onnx.ModelProto``, ONNX bytes, a ``BackendSpec`` (``backend.spec()``), or a path to an ``.onnx`` or TorchScript file (or, with
     ``trust_pickle``, a pickled ``torch.save`` model). ``output`` picks which of several model
     outputs holds the class scores (an index, or a dict key / ONNX output name); ``layout`` how
     the model's image input is laid out ("auto", "NCHW", "NHWC")."""
-    if _is_backend(model):
-        if device is not None or output is not None or layout != "auto":
-            kept = "NHWC" if getattr(model, "layout", None) == "NHWC" else "auto"  # an NHWC model stays so
-            return backend_for(getattr(model, "model"), device, output if output is not None else
-                               _output_of(model), layout=layout if layout != "auto" else kept)
-        return model
+    if is_backend(model):
+        if device is None and output is None and layout == "auto":
+            return model
+        spec = model.spec()  # the same model again, on another device, output or layout
+        return from_spec(dataclasses.replace(spec, output=spec.output if output is None else output,
+                                             layout=spec.layout if layout == "auto" else layout), device)
+    if isinstance(model, BackendSpec):
+        return from_spec(model, device)
     torch = _module("torch")
     if torch is not None and isinstance(model, torch.export.ExportedProgram):
-        from .torch_export import ExportedBackend
+        from .torch.export import ExportedBackend
 
         return ExportedBackend(model, device=device, output=output, layout=layout)
     if torch is not None and isinstance(model, torch.nn.Module):
@@ -59,9 +60,20 @@ def backend_for(model: Any, device: Optional[str] = None, output: Union[None, in
     )
 
 
-def _output_of(backend: Any) -> Union[None, int, str]:
-    """The output choice a loaded backend was made with."""
-    return getattr(backend, "output_name", None) or getattr(backend, "output", None)
+def from_spec(spec: BackendSpec, device: Optional[str] = None) -> Backend:
+    """The backend ``spec`` describes (made by ``backend.spec()``, perhaps in another process)."""
+    payload = spec.payload
+    if spec.kind in ("torchscript", "exported"):
+        torch = _torch_module()
+        if spec.kind == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.10 marks TorchScript deprecated
+                payload = torch.jit.load(io.BytesIO(payload), map_location="cpu")
+        else:
+            payload = torch.export.load(io.BytesIO(payload))
+    elif spec.kind not in ("module", "onnx"):
+        raise ModelError(f"a backend spec of kind {spec.kind!r}: the kinds are module, torchscript, exported, onnx")
+    return backend_for(payload, device=device, output=spec.output, layout=spec.layout)
 
 
 def _onnx(source: Any, device: Optional[str], output: Union[None, int, str] = None, layout: str = "auto") -> Backend:
@@ -119,7 +131,7 @@ def _exported(path: str, device: Optional[str], output: Union[None, int, str], t
         raise ModelError(f"{path} is a torch.export program, which needs PyTorch: pip install 'cnnlens[torch]' "
                          f"(or explain its ONNX export with no PyTorch)") from None
     from .pt2 import read_program
-    from .torch_export import ExportedBackend
+    from .torch.export import ExportedBackend
 
     return ExportedBackend(read_program(path, trust_pickle), device=device, output=output, layout=layout)
 

@@ -4,7 +4,7 @@ re-exported here for the backends."""
 
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import Callable, Dict, List, Sequence, Tuple, Type, Union
 
 import numpy as np
 
@@ -26,6 +26,29 @@ def cache_sized_batch(largest_layer: int, budget: int = CPU_LAYER_ELEMENTS, cap:
     return int(max(1, min(cap, budget // max(int(largest_layer), 1))))
 
 
+def run_replacements(run: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, values: np.ndarray,
+                     known: Dict[str, bool], layer: str, failures: Tuple[Type[BaseException], ...]) -> np.ndarray:
+    """The outputs of ``run(images, values)`` for Ablation-CAM's replacements ``values`` (B, ...) of
+    layer ``layer``'s output, ``x`` one image or B. One image meets every replacement when the model
+    broadcasts it past the layer — checked once per layer (``known`` keeps the answer) on two
+    replacements: the outputs must be those of two copies of the image (a ``failures`` error
+    counts as no) — else it runs B copies."""
+    if len(x) == len(values):
+        return run(x, values)
+    if len(x) != 1:
+        raise InvalidInputError(f"replaced: give one image or one per replacement, got {len(x)} for {len(values)}")
+    shared = known.get(layer)
+    if shared is None and len(values) > 1:
+        try:
+            one = run(x, values[:2])
+            shared = one.shape[0] == 2 and bool(np.allclose(one, run(np.repeat(x, 2, axis=0), values[:2]),
+                                                            rtol=1e-5, atol=1e-6))
+        except failures:
+            shared = False
+        known[layer] = bool(shared)
+    return run(x if shared else np.repeat(x, len(values), axis=0), values)
+
+
 def randomisation_layers(backend: Backend, layers: Union[str, Sequence[str]], seed: int) -> List[str]:
     """The canonical names of the layers ``randomised`` is asked for (one name or a sequence of
     them; repeats dropped), each checked to hold learned weights; and ``seed`` checked."""
@@ -35,7 +58,7 @@ def randomisation_layers(backend: Backend, layers: Union[str, Sequence[str]], se
     resolved = list(dict.fromkeys(backend.resolve_layer(n) for n in names))
     if resolved:
         # any layer with weights may be re-drawn, also one the cascade leaves out (never called)
-        choices = getattr(backend, "weighted_layers", backend.parameter_layers)()
+        choices = backend.weighted_layers()
         for name in resolved:
             if name not in choices:
                 raise LayerError(f"layer {name!r} has no learned parameters to randomise: {_some_choices(name, choices)}")

@@ -3,22 +3,40 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Union
 
+from ..audit.job import TARGETS
 from ..audit.run import audit
-from ..core.methods import METHODS, lookup
+from ..core.errors import InvalidInputError
+from ..core.methods import METHODS, method_list, supported_methods
 from .common import add_model_options, add_option_flags, add_preprocessing, check_flags, load_model, method_options
+
+
+def audit_target(text: str) -> Union[str, int]:
+    """--target: "predicted", "label", or a class index (as ``cnnlens explain --target``)."""
+    if text in TARGETS:
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give predicted, label or a class index") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a class index is 0 or more")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``cnnlens audit``; print the counts and each group's clusters."""
     backend = load_model(args.model, args.device, args)
-    methods = [lookup(n.strip()).name for item in (args.method or ["gradcam"]) for n in item.split(",") if n.strip()]
+    methods = method_list(args.method or ["gradcam"], supported_methods(backend.capabilities))
     check_flags(args, methods)
+    if args.layer and len(args.layer) > 1:
+        raise InvalidInputError(f"--layer is given {len(args.layer)} times: an audit maps one layer per method "
+                                f"(run one audit per layer)")
     options = {m: {k: v for k, v in method_options(m, args).items() if k != "batch_size"} for m in methods}
     result = audit(backend, args.data, args.out, methods, engine=args.engine, labels=args.labels,
                    size=tuple(args.size) if args.size else None, mean=args.mean, std=args.std, target=args.target,
-                   layer=args.layer, options={m: o for m, o in options.items() if o}, batch_size=args.batch_size,
+                   layer=args.layer[0] if args.layer else None, options={m: o for m, o in options.items() if o}, batch_size=args.batch_size,
                    map_size=args.map_size, shard_size=args.shard_size, max_cluster_maps=args.max_cluster_maps,
                    seed=args.cluster_seed, overwrite=args.overwrite, report=not args.no_report,
                    ray_address=args.ray_address, ray_cpus=args.ray_cpus, ray_actors=args.ray_actors,
@@ -44,10 +62,11 @@ def add(sub: Any) -> None:
     p.add_argument("--out", "-o", required=True, help="the audit's folder (a rerun continues it)")
     p.add_argument("--method", "-m", action="append", metavar="M", help=f"method(s), repeat or comma-separate "
                    f"(gradcam): {', '.join(m for m in METHODS if m != 'feature_maps')}")
-    p.add_argument("--layer", "-l", help="the CAM family's layer (default: the last spatial layer)")
+    p.add_argument("--layer", "-l", action="append", metavar="L",
+                   help="the CAM family's layer (default: the last spatial layer); one layer per audit")
     p.add_argument("--labels", help="class names in the model's order, one per line")
-    p.add_argument("--target", choices=("predicted", "label"), default="predicted",
-                   help="explain each image's predicted class (default) or its label")
+    p.add_argument("--target", "-t", type=audit_target, default="predicted", metavar="predicted|label|CLASS",
+                   help="explain each image's predicted class (default), its label, or one class for every image")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model batch (32)")
     p.add_argument("--map-size", type=int, default=56, metavar="S", help="side of the stored maps (56)")
     p.add_argument("--shard-size", type=int, default=256, metavar="N", help="images per results file (256)")

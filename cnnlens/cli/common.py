@@ -12,8 +12,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..core.backend import Backend
 from ..core.errors import InvalidInputError, ModelError
-from ..core.methods import METHODS, all_options, lookup, supported_methods
+from ..core.methods import METHODS, all_options, check_options_apply, lookup, method_list, supported_methods
 
 # ---------------------------------------------------------------- models and images
 
@@ -64,13 +65,13 @@ def _output_choice(value: Optional[str]) -> Any:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-def _input_geometry(backend: Any, args: argparse.Namespace):
+def _input_geometry(backend: Backend, args: argparse.Namespace):
     from ..adapters.images import input_geometry
 
     return input_geometry(backend, tuple(args.size) if args.size else None)
 
 
-def prepare_images(backend: Any, paths: Sequence[str], args: argparse.Namespace):
+def prepare_images(backend: Backend, paths: Sequence[str], args: argparse.Namespace):
     from ..adapters import images
 
     channels, size = _input_geometry(backend, args)
@@ -87,14 +88,11 @@ def read_labels(path: Optional[str]) -> Optional[List[str]]:
         return [line.rstrip("\n") for line in handle]
 
 
-def chosen_methods(names: Optional[List[str]], backend: Any) -> List[str]:
-    """The methods asked for (checked, close names suggested), or every one the backend runs."""
-    wanted: List[str] = []
-    for item in names or []:
-        wanted.extend(n.strip() for n in item.split(",") if n.strip())
-    if not wanted or "all" in wanted:
-        return supported_methods(backend.capabilities)
-    return [lookup(name).name for name in wanted]
+def chosen_methods(names: Optional[List[str]], backend: Backend) -> List[str]:
+    """The methods asked for (checked, close names suggested; "all": every one the backend runs), or
+    every one the backend runs."""
+    every = supported_methods(backend.capabilities)
+    return method_list(names or [], every) or every
 
 
 def cli_options() -> Dict[str, Any]:
@@ -115,10 +113,8 @@ def check_flags(args: argparse.Namespace, methods: Sequence[str]) -> None:
         takers = ", ".join(m for m in METHODS if METHODS[m].layered)
         they = "it explains" if len(methods) == 1 else "they explain"
         raise InvalidInputError(f"--layer does not apply to {chosen}: {they} the input. Layers are for {takers}")
-    for name, (_, takers) in cli_options().items():
-        if getattr(args, name, None) is not None and not any(name in lookup(m).defaults for m in methods):
-            raise InvalidInputError(f"--{name.replace('_', '-')} does not apply to {chosen}: it is an option of "
-                                    f"{', '.join(takers)}")
+    given = [name for name in cli_options() if getattr(args, name, None) is not None]
+    check_options_apply(methods, given, lambda name: f"--{name.replace('_', '-')}")
 
 
 def layer_arg(args: argparse.Namespace, method: str):

@@ -9,7 +9,7 @@ from typing import Any
 
 def run(args: argparse.Namespace) -> int:
     if args.clever_hans:
-        from ..adapters.demo_clever_hans import run_clever_hans
+        from ..audit.clever_hans_demo import run_clever_hans
 
         run_clever_hans(args.out, quick=args.quick)
         return 0

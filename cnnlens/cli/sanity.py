@@ -6,7 +6,7 @@ import argparse
 from typing import Any, Dict
 
 from .common import (add_method_flags, add_model_options, add_preprocessing, check_flags, chosen_methods,
-                     layer_arg, load_model, method_options, prepare_images, target_arg)
+                     load_model, method_options, prepare_images, target_arg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,13 +19,10 @@ def run(args: argparse.Namespace) -> int:
     methods = [m for m in chosen_methods(args.method, backend) if args.method or m != "feature_maps"]
     check_flags(args, methods)
     options = {m: method_options(m, args) for m in methods}
-    for m in methods:
-        layer = layer_arg(args, m)
-        if layer is not None:
-            options[m]["layer"] = layer
+    layer = args.layer[0] if args.layer and len(args.layer) == 1 else args.layer  # for the methods that take one
     report = metrics.sanity(backend, x, methods, target=target_arg(args), steps=args.randomisation_steps,
-                            seed=args.randomisation_seed,
-                            deletion_steps=args.deletion_steps, options=options)
+                            seed=args.randomisation_seed, deletion_steps=args.deletion_steps, layer=layer,
+                            options=options)
     if args.json:
         print(json.dumps(report))
         return 0

@@ -6,11 +6,13 @@ backend is decided in one place, ``core.methods.support.require``."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple, Union, \
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple, Union, \
     runtime_checkable
 
 import numpy as np
 
+from .targets import ClassSeed
 from .types import Layer, Pass
 
 #: Capability names, each with what a backend that declares it provides. A method's ``needs`` and a
@@ -39,10 +41,56 @@ CAPABILITIES: Dict[str, str] = {
     INCREMENTAL_OCCLUSION: "occluded copies of an image scored from its cached activations (`occluder`)",
 }
 
+#: the ReLU rules ``backward(relu=...)`` takes for the input gradient (METHODS.md): the true
+#: gradient, guided backpropagation's, the deconvnet's
+RELU_RULE_NAMES = ("plain", "guided", "deconv")
+
 #: the gradients of a ``backward`` pass (a backend that runs no backward has none of them)
 GRADIENTS = frozenset({INPUT_GRADIENTS, LAYER_GRADIENTS, RELU_RULES})
 
-GradLogits = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]
+#: What ``backward`` back-propagates from the outputs (the seed/target contract):
+#:
+#: - an (N, K...) array: the gradient of the explained score with respect to the outputs, as is;
+#: - a ``ClassSeed``: the rows for a target (classes, output weights, or None for each image's
+#:   arg-max); a backend may build them next to the model instead of from the outputs (ONNX does,
+#:   to keep one forward and one backward pass) — ``seed_rows`` and ``picks_argmax`` read it;
+#: - any other function of the outputs that returns the rows.
+GradLogits = Union[np.ndarray, ClassSeed, Callable[[np.ndarray], np.ndarray]]
+
+#: which of several model outputs holds the scores: an index, a dict key / ONNX output name, or None
+OutputChoice = Union[None, int, str]
+
+
+def picks_argmax(seed: GradLogits) -> bool:
+    """Whether ``seed`` asks for each image's arg-max class (rows a backend may build itself)."""
+    return isinstance(seed, ClassSeed) and seed.target is None
+
+
+def seed_rows(seed: GradLogits, outputs: Union[np.ndarray, Callable[[], np.ndarray]],
+              output_shape: Union[None, Tuple[int, ...], Callable[[], Tuple[int, ...]]] = None) -> np.ndarray:
+    """The rows ``backward`` back-propagates for ``seed``. ``outputs`` are the pass's outputs, or a
+    function computing them, called only when the rows depend on their values: a target given as
+    classes or weights needs only ``output_shape`` (the outputs' full shape, or a function giving
+    it), when the backend can tell it without a forward pass."""
+    if isinstance(seed, ClassSeed) and seed.target is not None and output_shape is not None:
+        return seed.rows(output_shape() if callable(output_shape) else output_shape)
+    if callable(seed):
+        return np.asarray(seed(outputs() if callable(outputs) else outputs))
+    return np.asarray(seed)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A loaded model in a form that pickles and travels to other processes (Ray workers), from
+    which ``cnnlens.load(spec)`` builds the same backend again: ``kind`` "module" (``payload`` the
+    ``nn.Module`` itself), "torchscript" (the bytes of ``torch.jit.save``), "exported" (of
+    ``torch.export.save``) or "onnx" (the serialized model); ``output`` and ``layout`` as loaded,
+    so every replica explains the same scores."""
+
+    kind: str
+    payload: Any
+    output: OutputChoice
+    layout: str
 
 
 def check_capabilities(names: FrozenSet[str], owner: str) -> FrozenSet[str]:
@@ -63,6 +111,19 @@ class Backend(Protocol):
     capabilities: FrozenSet[str]
     #: how the model takes images ("NCHW" or "NHWC"); every backend takes and gives NCHW arrays
     layout: str
+    #: the model as loaded (an ``nn.Module``, the unflattened program's module, an ``onnx.ModelProto``)
+    model: Any
+    #: which output holds the explained scores, as the backend was made with (ONNX: the output's name)
+    output: OutputChoice
+    #: why the backend lacks a capability it would have on another model ({capability: why}; the
+    #: ONNX backend's, where an op has no gradient rule; empty for the others)
+    limits: Mapping[str, str]
+    #: (C, H, W) of one image as the model declares it (NCHW; None for a dimension left open), or
+    #: None where the model declares no input shape (a torch module)
+    image_shape: Optional[Tuple[Optional[int], ...]]
+
+    def spec(self) -> BackendSpec:
+        """What rebuilds this backend in another process (``cnnlens.load(spec)``)."""
 
     # ------------------------------------------------------------ every backend
 
@@ -71,6 +132,11 @@ class Backend(Protocol):
 
     def resolve_layer(self, name: str) -> str:
         """The canonical name of a layer, or a LayerError listing the closest names."""
+
+    def module_of(self, layer: str) -> str:
+        """The torch module path whose output ``layer`` is: a torch backend's layer is its module;
+        an ONNX node's module is the one its exporter recorded (a LayerError where none was), so a
+        layer named in one format's terms is found in the other's (``cnnlens.compare``)."""
 
     def default_layer(self, input_shape: Tuple[int, ...]) -> str:
         """The last layer whose output is still spatial (the CAM family's default)."""
@@ -116,7 +182,11 @@ class Backend(Protocol):
 
     def parameter_layers(self) -> List[str]:
         """The layers that hold learned weights, in the order the forward pass runs them (bottom
-        to top): the layers ``randomised`` accepts."""
+        to top): the cascade the sanity test randomises."""
+
+    def weighted_layers(self) -> List[str]:
+        """Every layer that holds learned weights, also one the forward pass never calls: the
+        layers ``randomised`` accepts."""
 
     def randomised(self, layers: Sequence[str], seed: int = 0) -> "Backend":
         """A new backend of the same kind over a copy of the model in which the named layers'
@@ -126,19 +196,27 @@ class Backend(Protocol):
         earlier draws."""
 
 
+class OcclusionScorer(Protocol):
+    """The outputs of occluded copies of one image, computed from its cached activations."""
+
+    #: how many windows per call it runs best (more than brute force's batches: an incremental pass
+    #: holds little but the layers past its regions)
+    batch: int
+
+    def __call__(self, top: np.ndarray, left: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The outputs (B, ...) with ``values[b]`` (C, wh, ww) pasted at (``top[b]``, ``left[b]``)."""
+
+
 @runtime_checkable
 class Occluding(Backend, Protocol):
     """A backend with INCREMENTAL_OCCLUSION: the one capability whose member the other backends
     lack altogether (read it after checking the capability: ``cast(Occluding, backend)``)."""
 
-    def occluder(self, image: np.ndarray, window: Tuple[int, int]) -> Tuple[Optional[Callable[..., np.ndarray]], str]:
-        """``(score, what runs)``: ``score(top, left, values)`` gives the outputs for ``image``
-        (C, H, W) with ``values[b]`` pasted at (top[b], left[b]), computed from cached activations;
-        or ``(None, "brute force...: why")`` when brute force must or should run instead."""
+    def occluder(self, image: np.ndarray, window: Tuple[int, int]) -> Tuple[Optional[OcclusionScorer], str]:
+        """``(score, what runs)``: the scorer of occluded copies of ``image`` (C, H, W), or
+        ``(None, "brute force...: why")`` when brute force must or should run instead."""
 
 
-def limits(backend: Backend) -> Mapping[str, str]:
-    """Why this backend lacks a capability it would have on another model ({capability: why};
-    the ONNX backend's, where an op has no gradient rule). Optional: empty when not declared."""
-    found = getattr(backend, "limits", None)
-    return dict(found) if found else {}
+def is_backend(obj: Any) -> bool:
+    """Whether ``obj`` is a loaded backend (rather than a model or a path to load)."""
+    return all(hasattr(obj, member) for member in ("capabilities", "forward", "resolve_layer", "spec"))

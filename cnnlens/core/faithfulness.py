@@ -69,7 +69,7 @@ def _check_positive_int(value: Any, name: str, example: str) -> None:
         raise InvalidInputError(f"{name} must be a positive int ({example}), got {value!r}")
 
 
-def _ranks(order: np.ndarray) -> np.ndarray:
+def ranks_of(order: np.ndarray) -> np.ndarray:
     """The inverse permutation of each row of ``order`` (..., P): the place of every pixel in the order."""
     order = np.asarray(order, dtype=np.int64)
     ranks = np.empty_like(order)
@@ -77,19 +77,12 @@ def _ranks(order: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _mix(start: np.ndarray, end: np.ndarray, ranks: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """(B, C, H, W): pixels whose rank (B, H*W) is below ``counts`` (B,) from ``end``, the rest from ``start``."""
+def blend_by_rank(start: np.ndarray, end: np.ndarray, ranks: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(B, C, H, W): pixels whose rank (B, H*W) is below ``counts`` (B,) from ``end``, the rest from
+    ``start`` (deletion / insertion's images: the first ``counts[b]`` pixels of the order changed)."""
     b, h, w = len(counts), start.shape[-2], start.shape[-1]
     take_end = (ranks < np.asarray(counts)[:, None]).reshape(b, 1, h, w)
     return np.where(take_end, end, start)
-
-
-def blend(start: np.ndarray, end: np.ndarray, order: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """(B, C, H, W): image b has its first ``counts[b]`` pixels of ``order`` (H*W,) (all channels)
-    from ``end`` (C, H, W) and the other pixels from ``start`` (C, H, W)."""
-    start, end = np.asarray(start), np.asarray(end)
-    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
-    return _mix(start[None], end[None], _ranks(order)[None], counts)
 
 
 # ---------------------------------------------------------------- baselines
@@ -252,7 +245,7 @@ def deletion_insertion(backend: Backend, x: np.ndarray, maps: np.ndarray, target
     curves = np.empty((len(x), 2, steps + 1), dtype=np.float64)
     clean = _scores(goal, logits, np.arange(len(x)), score)
     curves[:, 0, 0], curves[:, 1, steps] = clean, clean
-    _score_perturbed(backend, x, base, _ranks(pixel_order(imp)), goal, score, steps, batch, curves)
+    _score_perturbed(backend, x, base, ranks_of(pixel_order(imp)), goal, score, steps, batch, curves)
     return {
         "deletion": curves[:, 0],
         "insertion": curves[:, 1],
@@ -280,7 +273,7 @@ def _score_perturbed(backend: Backend, x: np.ndarray, base: np.ndarray, ranks: n
             insertion = (curve == 1)[:, None, None, None]
             start = np.where(insertion, base[n], x[n])
             end = np.where(insertion, x[n], base[n])
-            scores = backend.forward(_mix(start, end, ranks[n], counts[step])).logits
+            scores = backend.forward(blend_by_rank(start, end, ranks[n], counts[step])).logits
             curves[n, curve, step] = _scores(goal, scores, n, score)
             advance(sl.stop - sl.start)
 
@@ -293,7 +286,11 @@ def energy_in_box(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
     ``maps`` (N, H, W) or (N, C, H, W) (see :func:`importance`); ``boxes`` (N, 4) as
     (top, left, bottom, right) in pixels, bottom/right exclusive (as in ``metrics.pointing_hits``).
-    An all-zero (or all-negative) map gives 0.0.
+    An all-zero (or all-negative) map gives 0.0: it puts none of its evidence in the box.
+
+    >>> maps = np.zeros((1, 4, 4)); maps[0, 0, 0] = 3.0; maps[0, 3, 3] = 1.0
+    >>> energy_in_box(maps, [[0, 0, 2, 2]])
+    array([0.75])
     """
     try:
         energy = np.maximum(importance(maps), 0.0)
@@ -304,13 +301,24 @@ def energy_in_box(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         raise InvalidInputError(
             f"boxes must have shape ({len(energy)}, 4): one (top, left, bottom, right) per map; got {boxes.shape}"
         )
-    rows = np.arange(energy.shape[1])[None, :]
-    cols = np.arange(energy.shape[2])[None, :]
+    return box_share(energy, boxes, empty=0.0)
+
+
+def box_share(heat: np.ndarray, boxes: np.ndarray, empty: float) -> np.ndarray:
+    """The share (N,) of each non-negative map ``heat`` (N, H, W) inside its box (``boxes`` (N, 4),
+    (top, left, bottom, right), bottom/right exclusive; a row of NaN: no box, NaN). A map with no
+    heat at all scores ``empty``: 0.0 for the metric :func:`energy_in_box`, NaN for the audit's
+    statistics (where an empty map has none)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    rows = np.arange(heat.shape[1])[None, :]
+    cols = np.arange(heat.shape[2])[None, :]
     top, left, bottom, right = (b[:, None] for b in boxes.T)
     inside = ((rows >= top) & (rows < bottom))[:, :, None] & ((cols >= left) & (cols < right))[:, None, :]
-    total = energy.sum(axis=(1, 2))
-    within = (energy * inside).sum(axis=(1, 2))
-    return np.where(total > 0, within / np.where(total > 0, total, 1.0), 0.0)
+    total = heat.sum(axis=(1, 2), dtype=np.float64)
+    within = (heat * inside).sum(axis=(1, 2), dtype=np.float64)
+    share = np.where(total > 0, within / np.where(total > 0, total, 1.0), empty)
+    result: np.ndarray = np.where(np.isnan(boxes).any(axis=1), np.nan, share)
+    return result
 
 
 # ---------------------------------------------------------------- similarity (randomisation test)

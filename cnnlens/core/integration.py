@@ -6,7 +6,7 @@ from typing import Tuple
 
 import numpy as np
 
-RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+INTEGRATION_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
 
 def integration_points(rule: str, steps: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -18,8 +18,8 @@ def integration_points(rule: str, steps: int) -> Tuple[np.ndarray, np.ndarray]:
     midpoints (middle). Captum computes the Riemann points with float32 ``torch.linspace``; so does
     this, so the two agree to the last digit.
     """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule not in INTEGRATION_RULES:
+        raise ValueError(f"rule must be one of {INTEGRATION_RULES}, got {rule!r}")
     if steps < 2:
         raise ValueError("steps must be at least 2")
     if rule == "gausslegendre":

@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .faithfulness import importance
+from .faithfulness import box_share, importance
 from .resize import resize_area
 
 #: The image border, as a fraction of each side: ``border_share`` is the heat in the outer
@@ -66,7 +66,8 @@ def summarise(maps: np.ndarray, size: int, boxes: Optional[np.ndarray] = None) -
     - ``entropy``: :func:`entropy` of the small map;
     - ``energy_in_box`` (when ``boxes`` (N, 4) is given, (top, left, bottom, right) in input
       pixels, bottom/right exclusive; NaN rows for images without a box): the share of the heat
-      inside the box (the "energy-based pointing game" of Score-CAM); an empty box scores 0.
+      inside the box (the "energy-based pointing game" of Score-CAM; ``faithfulness.box_share``);
+      an empty box scores 0, an all-zero map NaN (as its other statistics).
     """
     values = heat(maps)
     n, h, w = values.shape
@@ -83,24 +84,10 @@ def summarise(maps: np.ndarray, size: int, boxes: Optional[np.ndarray] = None) -
         "entropy": entropy(small),
     }
     if boxes is not None:
-        stats["energy_in_box"] = energy_in_box(values, boxes, mass)
+        stats["energy_in_box"] = box_share(values, boxes, empty=np.nan)
     return _scaled(small), stats
 
 
 def statistics(maps: np.ndarray, boxes: Optional[np.ndarray] = None, size: int = 56) -> Dict[str, np.ndarray]:
     """The statistics of :func:`summarise` alone."""
     return summarise(maps, size, boxes)[1]
-
-
-def energy_in_box(values: np.ndarray, boxes: np.ndarray, mass: np.ndarray) -> np.ndarray:
-    """The share of each heat map ``values`` (N, H, W) inside its box (NaN box rows, and all-zero
-    heat, -> NaN)."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    result = np.full(len(values), np.nan)
-    for i, box in enumerate(boxes):
-        if np.isnan(box).any() or mass[i] <= 0:
-            continue
-        top, left, bottom, right = (int(v) for v in box)
-        inside = values[i, max(top, 0):max(bottom, 0), max(left, 0):max(right, 0)].sum(dtype=np.float64)
-        result[i] = inside / mass[i]
-    return result

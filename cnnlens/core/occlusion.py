@@ -26,7 +26,16 @@ def as_pair(value: Pair, name: str) -> Tuple[int, int]:
 
 
 def window_starts(size: int, window: int, stride: int) -> np.ndarray:
-    """Start offsets along one axis: 0, stride, 2*stride, ... and one flush with the edge if needed."""
+    """Start offsets along one axis: 0, stride, 2*stride, ... and one flush with the edge if needed.
+
+    Examples:
+        >>> window_starts(10, 4, 2).tolist()     # (10 - 4) is a multiple of 2: Captum's grid
+        [0, 2, 4, 6]
+        >>> window_starts(10, 4, 3).tolist()     # the last window, 6..10, already reaches the edge
+        [0, 3, 6]
+        >>> window_starts(11, 4, 3).tolist()     # the last window placed flush with the edge
+        [0, 3, 6, 7]
+    """
     if window > size:
         raise InvalidInputError(
             f"occlusion window {window} is larger than the image side {size}: choose a window <= {size}"

@@ -18,7 +18,7 @@ from . import faithfulness as faith
 from . import progress
 from .backend import RANDOMISE
 from .errors import InvalidInputError
-from .methods import Backend, run
+from .methods import Backend, LayerSpec, lookup, run
 from .methods.support import require_capability
 from .targets import Target, objective
 from .types import Explanation
@@ -48,7 +48,7 @@ def _compare(original: np.ndarray, new: np.ndarray) -> Dict[str, float]:
 
 def randomisation_test(backend: Backend, x: np.ndarray, methods: Sequence[str], target: Target = None,
                        layers: Optional[Sequence[str]] = None, steps: Optional[int] = None, seed: int = 0,
-                       options: Optional[Dict[str, Dict[str, Any]]] = None,
+                       options: Optional[Dict[str, Dict[str, Any]]] = None, layer: LayerSpec = None,
                        originals: Optional[Dict[str, Explanation]] = None) -> Dict[str, List[Dict[str, Any]]]:
     """For each method, one entry per cascade step, top layer first:
     ``{"layer": the lowest layer randomised so far, "randomised": how many, "spearman": ..., "ssim": ...}``.
@@ -57,22 +57,24 @@ def randomisation_test(backend: Backend, x: np.ndarray, methods: Sequence[str], 
     weights, ``backend.parameter_layers()``); ``steps``: report only this many points of the
     cascade, evenly spread. The class explained stays the original prediction (or ``target``).
     The user's model is never changed: each step explains a randomised copy. ``originals``: the
-    methods' explanations of ``x`` already computed with these options, to reuse.
+    methods' explanations of ``x`` already computed with these options, to reuse. ``layer`` goes to
+    the methods that take one (the CAM family, as ``explain``'s).
     """
     require_capability(backend, RANDOMISE, "the randomisation test")
     options = options or {}
     order = list(backend.parameter_layers() if layers is None else layers)
     cascade = order[::-1]  # top first
     points = cascade_points(len(cascade), steps)
-    originals = {m: (originals or {}).get(m) or run(backend, x, m, target=target, **options.get(m, {}))
-                 for m in methods}
+    layer_of = {m: layer if lookup(m).layered else None for m in methods}
+    originals = {m: (originals or {}).get(m) or run(backend, x, m, target=target, layer=layer_of[m],
+                                                    **options.get(m, {})) for m in methods}
     classes = next(iter(originals.values())).target if originals else objective(target, backend.forward(x).logits).record
     result: Dict[str, List[Dict[str, Any]]] = {m: [] for m in methods}
     with progress.task("randomisation", len(points)) as advance:
         for k in points:
             randomised = backend.randomised(cascade[:k], seed=seed)
             for m in methods:
-                new = run(randomised, x, m, target=classes, **options.get(m, {}))
+                new = run(randomised, x, m, target=classes, layer=layer_of[m], **options.get(m, {}))
                 result[m].append({"layer": cascade[k - 1], "randomised": k, **_compare(originals[m].maps, new.maps)})
             advance(1)
     return result

@@ -33,20 +33,18 @@ def _scale(maps: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 def normalize_minmax(maps: np.ndarray) -> np.ndarray:
-    """Per-image min-max scaling to [0, 1]; a constant image becomes all zeros."""
+    """Per-image min-max scaling to [0, 1]; a constant image becomes all zeros.
+
+    Examples:
+        >>> import numpy as np
+        >>> normalize_minmax(np.array([[[0.0, 1.0], [2.0, 4.0]]])).tolist()
+        [[[0.0, 0.25], [0.5, 1.0]]]
+        >>> normalize_minmax(np.full((1, 2, 2), 3.0)).tolist()
+        [[[0.0, 0.0], [0.0, 0.0]]]
+    """
     maps = np.asarray(maps, dtype=np.float32)
     flat = _per_image(maps)
     return _scale(maps, _expand(flat.min(axis=1), maps), _expand(flat.max(axis=1), maps))
-
-
-def clip_percentile(maps: np.ndarray, upper: float = 99.0, lower: float = 0.0) -> np.ndarray:
-    """Per-image clipping to the [lower, upper] percentiles (outliers capped, as in the seeds)."""
-    maps = np.asarray(maps, dtype=np.float32)
-    flat = _per_image(maps)
-    hi = _expand(np.percentile(flat, upper, axis=1), maps)
-    lo = _expand(np.percentile(flat, lower, axis=1), maps)
-    clipped: np.ndarray = np.clip(maps, lo, hi).astype(np.float32)
-    return clipped
 
 
 def normalize_percentile(maps: np.ndarray, upper: float = 99.0) -> np.ndarray:
@@ -73,26 +71,16 @@ def _scale_by_max(part: np.ndarray) -> np.ndarray:
 
 
 def grayscale(gradients: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) gradients -> (N, H, W): the sum of ``|g|`` over channels."""
+    """(N, C, H, W) gradients -> (N, H, W): the sum of ``|g|`` over channels.
+
+    Examples:
+        >>> import numpy as np
+        >>> g = np.array([[[[1.0, -2.0]], [[-3.0, 0.5]]]])   # one image, 2 channels, 1 x 2 pixels
+        >>> grayscale(g).tolist()
+        [[[4.0, 2.5]]]
+    """
     gradients = np.asarray(gradients, dtype=np.float32)
     if gradients.ndim != 4:
         raise ValueError(f"gradients must be (N, C, H, W), got shape {gradients.shape}")
     summed: np.ndarray = np.abs(gradients).sum(axis=1)
     return summed
-
-
-def clip_cumulative_mass(maps: np.ndarray, mass: float = 99.0) -> np.ndarray:
-    """Per-image: cap at the value where the sorted ``|m|`` reach ``mass`` % of their total, scale to [0, 1].
-
-    Signs are kept, so the result lies in [-1, 1]; all-zero images stay zero.
-    """
-    maps = np.asarray(maps, dtype=np.float32)
-    flat = np.abs(_per_image(maps)).astype(np.float64)
-    ordered = np.sort(flat, axis=1)
-    cumulative = np.cumsum(ordered, axis=1)
-    limit = cumulative[:, -1:] * (mass / 100.0)
-    index = np.minimum((cumulative < limit).sum(axis=1), flat.shape[1] - 1)
-    threshold = ordered[np.arange(len(ordered)), index]
-    t = _expand(threshold, maps)
-    safe = np.where(t > 0, t, 1)
-    return np.where(t > 0, np.clip(maps / safe, -1, 1), 0).astype(np.float32)

@@ -91,6 +91,20 @@ def resolve_targets(target: Target, logits: np.ndarray) -> np.ndarray:
 
     ``None`` takes each image's arg-max of ``logits`` (N, K); an int explains that class
     for every image; a sequence gives one class per image.
+
+    Examples:
+        >>> import numpy as np
+        >>> logits = np.array([[0.1, 2.0, 0.3], [5.0, 1.0, 0.0]])
+        >>> resolve_targets(None, logits).tolist()
+        [1, 0]
+        >>> resolve_targets(2, logits).tolist()
+        [2, 2]
+        >>> resolve_targets([0, 2], logits).tolist()
+        [0, 2]
+        >>> resolve_targets(3, logits)
+        Traceback (most recent call last):
+        ...
+        cnnlens.core.errors.TargetError: target 3 is out of range: the model has 3 outputs, so targets must be in 0..2
     """
     logits = class_scores(logits)
     n, k = logits.shape
@@ -128,7 +142,13 @@ def _as_index(value: object) -> int:
 
 
 def one_hot(classes: np.ndarray, num_classes: int, dtype: DTypeLike = np.float32) -> np.ndarray:
-    """One-hot rows (N, num_classes): the gradient of ``sum_i y_{c_i}`` w.r.t. the outputs."""
+    """One-hot rows (N, num_classes): the gradient of ``sum_i y_{c_i}`` w.r.t. the outputs.
+
+    Examples:
+        >>> import numpy as np
+        >>> one_hot(np.array([1, 0]), 3).tolist()
+        [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    """
     out = np.zeros((len(classes), num_classes), dtype=dtype)
     out[np.arange(len(classes)), classes] = 1
     return out

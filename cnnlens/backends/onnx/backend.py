@@ -16,6 +16,7 @@ from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnx
 
+from ...core.backend import BackendSpec
 from ...core.errors import InvalidInputError, LayerError, ModelError, unknown_layer
 from ...core.types import Layer
 from .. import base
@@ -25,7 +26,8 @@ from .graph import Graph, attribute, node_name
 from .loading import batch_dynamic
 from .passes import Passes
 from .randomise import randomised_model
-from .shapes import TensorTypes, fill_from_runs, infer
+from .shape_reading import ShapeReading
+from .shapes import TensorTypes
 from .view import ModelView
 
 _BASE_CAPABILITIES = frozenset({base.FORWARD, base.ACTIVATIONS, base.WEIGHTS, base.LINEAR_HEAD, base.RANDOMISE,
@@ -51,7 +53,7 @@ def _to_channels_last(node: onnx.NodeProto) -> bool:
     return node.op_type == "Transpose" and tuple(attribute(node, "perm", ()) or ()) == layouts.NHWC
 
 
-class OnnxBackend(Passes):
+class OnnxBackend(Passes, ShapeReading):
     """An ONNX model run by ONNX Runtime, behind the Backend protocol (see ``backends/base.py``)."""
 
     name = "onnx"
@@ -72,6 +74,7 @@ class OnnxBackend(Passes):
         self._types: Dict[Tuple, TensorTypes] = {}
         self._shape_derived: Dict[Tuple, Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]] = {}
         self._default_layers: Dict[Tuple, str] = {}
+        self._resolved: Dict[str, str] = {}  # layer names as given -> node names
         elem = self.graph.input.type.tensor_type.elem_type
         self.input_name: str = self.graph.input.name
         self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else np.dtype(np.float32)
@@ -84,7 +87,8 @@ class OnnxBackend(Passes):
         #: "NCHW" or "NHWC": how the model's input is laid out (images are passed NCHW either way)
         self.layout = layouts.name(self._layout)
         self._nhwc = frozenset(layouts.tensor_layouts(self.graph, self._layout))
-        self.output_name = _choose_output(self.graph.output_names, output)
+        #: the name of the output that holds the explained scores
+        self.output: str = _choose_output(self.graph.output_names, output)
         self._io_binding = io_binding
         session = self._forward_session(frozenset())  # fail early, and learn the provider actually used
         self.providers: List[str] = session.get_providers()
@@ -92,13 +96,25 @@ class OnnxBackend(Passes):
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         if self.requested == "cuda" and self.device != "cuda":
             warnings.warn("onnxruntime could not use CUDA and runs on the CPU", RuntimeWarning, stacklevel=3)
-        allowed, self.limits = gradients.gradient_capabilities(self.graph, self.output_name)
+        allowed, self.limits = gradients.gradient_capabilities(self.graph, self.output)
         #: forward passes and activations always; gradients where the model's ops have rules
         self.capabilities: FrozenSet[str] = _BASE_CAPABILITIES | allowed
 
     def __repr__(self) -> str:
         return (f"OnnxBackend(input={self.input_name!r} {self.input_shape} {self.layout}, "
                 f"provider={self.provider})")
+
+    @property
+    def output_name(self) -> str:
+        """Deprecated: ``output``, the name every backend gives its output choice."""
+        warnings.warn("OnnxBackend.output_name is deprecated: read backend.output (the same name)",
+                      DeprecationWarning, stacklevel=2)
+        return self.output
+
+    def spec(self) -> BackendSpec:
+        """The serialized model, its output and layout (``cnnlens.load(spec)`` builds it again)."""
+        return BackendSpec("onnx", self.model.SerializeToString(), self.output,
+                           "NHWC" if self.layout == "NHWC" else "auto")
 
     @property
     def image_shape(self) -> Tuple[Optional[int], ...]:
@@ -133,7 +149,7 @@ class OnnxBackend(Passes):
     def _gradient_session(self, request: GradientRequest, image: Tuple[int, ...]):
         """(session, gradient model) for ``request`` on images of shape ``image`` (model layout)."""
         def make():
-            built = gradients.build(self._base_model(), self._base_graph(), self.output_name, request,
+            built = gradients.build(self._base_model(), self._base_graph(), self.output, request,
                                     self._types_at(image), self.capabilities,
                                     probe=lambda tensor: self._shape_values(image).get(tensor))
             return self._new_session(built.model, spin=True), built
@@ -175,9 +191,9 @@ class OnnxBackend(Passes):
             trial = x[:2]
             try:
                 fixed = self._forward_session(frozenset())
-                expected = np.concatenate([fixed.run([self.output_name], {self.input_name: t[None]})[0] for t in trial])
+                expected = np.concatenate([fixed.run([self.output], {self.input_name: t[None]})[0] for t in trial])
                 probe = self._new_session(dynamic, quiet=True)
-                got = probe.run([self.output_name], {self.input_name: trial}, runtime.run_options(True))[0]
+                got = probe.run([self.output], {self.input_name: trial}, runtime.run_options(True))[0]
                 safe = got.shape == expected.shape and np.allclose(got, expected, rtol=1e-4, atol=1e-5)
             except Exception:
                 safe = False
@@ -189,84 +205,6 @@ class OnnxBackend(Passes):
             else:
                 self._per_image = True
 
-    # ------------------------------------------------------------ shapes
-
-    def _types_at(self, image: Tuple[int, ...]) -> TensorTypes:
-        """Every tensor's shape and type for images of shape ``image`` (model layout), the batch axis
-        free; shapes that inference cannot work out are read off two trial runs."""
-        with self._lock:
-            if image not in self._types:
-                if len(self._types) >= runtime.SESSIONS_KEPT:
-                    self._types.pop(next(iter(self._types)))
-                model = self._base_model()
-                types = infer(model, (None,) + tuple(image))
-                if all(isinstance(d, int) for d in image):
-                    types = fill_from_runs(types, self._base_graph(), lambda tensors, batch: self._trial(
-                        model, tensors, (batch,) + tuple(image)))
-                self._types[image] = types
-            return self._types[image]
-
-    def _shape_values(self, image: Tuple[int, ...], batch: Optional[int] = None) -> Dict[str, np.ndarray]:
-        """Tensors computed from the input's shape alone that the pixel computation reads (Slice bounds,
-        Pad amounts, Gather indices), valued for images of ``image``: those the batch size does not
-        change (``batch`` None), or their values for a batch of ``batch`` (1 or 2). Read off trial
-        runs with batches of 1 and 2, once per image size."""
-        with self._lock:
-            if image not in self._shape_derived:
-                if len(self._shape_derived) >= runtime.SESSIONS_KEPT:
-                    self._shape_derived.pop(next(iter(self._shape_derived)))
-                self._shape_derived[image] = self._read_shape_values(image)
-            one, two = self._shape_derived[image]
-            if batch is not None:
-                return one if batch == 1 else two
-            return {t: a for t, a in one.items() if t in two and np.array_equal(a, two[t])}
-
-    def _read_shape_values(self, image: Tuple[int, ...]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-        graph, model = self._base_graph(), self._base_model()
-        wanted = sorted({i for n in graph.data_nodes() for i in n.input if i in graph.producer
-                         and node_name(graph.producer[i]) in graph.dynamic
-                         and node_name(graph.producer[i]) not in graph.data})
-        if not wanted or not all(isinstance(d, int) for d in image):
-            return {}, {}
-        try:
-            one = dict(zip(wanted, self._trial(model, wanted, (1,) + tuple(image))))
-        except Exception:  # a shape the model cannot take: nothing is known
-            return {}, {}
-        try:
-            two = dict(zip(wanted, self._trial(model, wanted, (2,) + tuple(image))))
-        except Exception:  # a batch fixed at 1: only batches of 1 ever run
-            two = one
-        return one, two
-
-    def _trial(self, model: onnx.ModelProto, tensors: Sequence[str], shape: Tuple[int, ...]) -> List[np.ndarray]:
-        """The values of ``tensors`` for zero images of ``shape`` (a throwaway, quiet session)."""
-        augmented = onnx.ModelProto()
-        augmented.CopyFrom(model)
-        del augmented.graph.output[:]
-        augmented.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
-        session = runtime.new_session(augmented, ["CPUExecutionProvider"], quiet=True)
-        return session.run(list(tensors), {self.input_name: np.zeros(shape, dtype=self.input_dtype)},
-                           runtime.run_options(True))
-
-    def _model_image(self, input_shape: Optional[Sequence[int]]) -> Tuple[int, ...]:
-        """One image's shape in the model's layout, from an NCHW ``(C, H, W)`` or ``(N, C, H, W)``
-        (by default the graph's own, where it fixes one)."""
-        if input_shape is None:
-            image = tuple(d if isinstance(d, int) and d > 0 else None for d in self.input_shape[1:])
-            return image  # type: ignore[return-value]
-        shape = tuple(int(v) for v in input_shape)
-        if len(shape) == len(self.input_shape):
-            shape = shape[1:]
-        return layouts.to_model((1,) + shape, self._layout)[1:]
-
-    def _shape(self, tensor: str, image: Tuple) -> Optional[Tuple[Optional[int], ...]]:
-        """A tensor's shape as cnnlens reports it: batch axis None, NHWC tensors as NCHW."""
-        shape = self._types_at(image).shapes.get(tensor)
-        if shape is None or len(shape) == 0:
-            return shape
-        shape = (None,) + tuple(shape[1:])
-        return layouts.to_nchw(shape, layouts.NHWC) if tensor in self._nhwc else shape
-
     # ------------------------------------------------------------ inspection
 
     def layers(self, input_shape: Optional[Tuple[int, ...]] = None) -> List[Layer]:
@@ -277,9 +215,16 @@ class OnnxBackend(Passes):
 
     def resolve_layer(self, name: str) -> str:
         """Node names; torch module paths (as the exporter recorded them) and output tensor names
-        are accepted too, in that order."""
+        are accepted too, in that order. Resolved once per name and backend (a module path's node
+        takes a walk over the graph)."""
         if not isinstance(name, str):
             raise LayerError(f"a layer name must be a string, got {name!r}")
+        found = self._resolved.get(name)
+        if found is None:
+            found = self._resolved[name] = self._find_layer(name)
+        return found
+
+    def _find_layer(self, name: str) -> str:
         if name in self.graph.by_name and name in self.graph.data:
             return name
         node = self.graph.node_for_module(name)  # before tensor names: dynamo names tensors relu_1 ...
@@ -369,7 +314,7 @@ class OnnxBackend(Passes):
         (NCHW): the batch settled first (made dynamic where a trial of two images proves it safe)."""
         image = self._model_image(image_shape)
         self._settle_batch(np.zeros((2,) + tuple(image), dtype=self.input_dtype))
-        return ModelView(self._base_model(), self._base_graph(), self.input_name, self.output_name, tuple(image),
+        return ModelView(self._base_model(), self._base_graph(), self.input_name, self.output, tuple(image),
                          self._layout, self._nhwc, self._types_at(image),
                          lambda tensor: self._shape_values(image).get(tensor), self._per_image)
 
@@ -380,12 +325,16 @@ class OnnxBackend(Passes):
         BatchNormalization, ...), in topological order, named as ``layers()`` names them."""
         return [node_name(n) for n in self.graph.data_nodes() if self.graph.parameters(n)]
 
+    def weighted_layers(self) -> List[str]:
+        """The nodes with learned parameters (every ONNX node runs: as ``parameter_layers``)."""
+        return self.parameter_layers()
+
     def randomised(self, layers: Sequence[str], seed: int = 0) -> "OnnxBackend":
         """An OnnxBackend (same device, IO binding, output and layout) over a copy of the model in which
         every initializer the named nodes take is re-drawn (see ``randomise.randomised_model``)."""
         names = base.randomisation_layers(self, layers, seed)
         model = randomised_model(self.model, self.graph, names, seed)
-        return OnnxBackend(model, device=self._device_name(), io_binding=self._io_binding, output=self.output_name,
+        return OnnxBackend(model, device=self._device_name(), io_binding=self._io_binding, output=self.output,
                            layout="NHWC" if self.layout == "NHWC" else "auto")
 
     def _device_name(self) -> str:

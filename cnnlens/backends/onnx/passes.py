@@ -8,12 +8,12 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ...core.errors import InvalidInputError, LayerError, ModelError
-from ...core.targets import ClassSeed
+from ...core.backend import picks_argmax, seed_rows
 from ...core.types import Pass
 from .. import base
 from . import runtime
 from .gradients import NotDifferentiable
-from .autodiff import RELU_RULES, GradientRequest
+from .autodiff import RELU_RULE_NAMES, GradientRequest
 from .cut import CUT_INPUT, cut_at
 from .graph import node_name
 from .head import find_head
@@ -41,8 +41,8 @@ class Passes:
     def forward(self, x: np.ndarray, layers: Sequence[str] = ()) -> Pass:
         model_x = self._prepare(x)
         tensors = [self._tensor(n) for n in layers]
-        session = self._forward_session(frozenset(tensors) - {self.output_name})
-        outputs = self._run(session, {self.input_name: model_x}, [self.output_name] + tensors)
+        session = self._forward_session(frozenset(tensors) - {self.output})
+        outputs = self._run(session, {self.input_name: model_x}, [self.output] + tensors)
         activations = {n: self._to_nchw(t, a) for n, t, a in zip(layers, tensors, outputs[1:])}
         return Pass(scores(outputs[0]), activations=activations)
 
@@ -51,12 +51,12 @@ class Passes:
         """One run of the gradient model: the scores, the layers' activations and true gradients, and
         the input gradient under ``relu``. A ClassSeed asking for each image's arg-max class is made
         inside the model, so every request is one forward and one backward pass."""
-        if relu not in RELU_RULES:
-            raise InvalidInputError(f"relu must be one of {', '.join(RELU_RULES)}, got {relu!r}")
+        if relu not in RELU_RULE_NAMES:
+            raise InvalidInputError(f"relu must be one of {', '.join(RELU_RULE_NAMES)}, got {relu!r}")
         model_x = self._prepare(x)
         names = list(dict.fromkeys(layers))
         tensors = tuple(self._tensor(n) for n in names)
-        argmax = isinstance(grad_logits, ClassSeed) and grad_logits.target is None
+        argmax = picks_argmax(grad_logits)
         request = GradientRequest(tensors, bool(input_grad), relu, "argmax" if argmax else "input")
         try:
             session, built = self._gradient_session(request, tuple(model_x.shape[1:]))
@@ -79,18 +79,14 @@ class Passes:
         return result
 
     def _seed(self, grad_logits: base.GradLogits, x: np.ndarray, model_x: np.ndarray) -> np.ndarray:
-        """The gradient of the explained score with respect to the outputs."""
-        if isinstance(grad_logits, ClassSeed):  # the target is given: only the outputs' shape is needed
-            seed = grad_logits.rows((len(x),) + self._output_shape(model_x))
-        elif callable(grad_logits):
-            seed = grad_logits(self.forward(x).logits)
-        else:
-            seed = grad_logits
+        """The gradient of the explained score with respect to the outputs (a target given as classes or
+        weights needs only the outputs' shape, not a forward pass)."""
+        seed = seed_rows(grad_logits, lambda: self.forward(x).logits, lambda: (len(x),) + self._output_shape(model_x))
         return np.ascontiguousarray(seed, dtype=np.float32)
 
     def _output_shape(self, model_x: np.ndarray) -> Tuple[int, ...]:
         """The output's shape without the batch axis, from shape inference or a run of one image."""
-        shape = self._types_at(tuple(model_x.shape[1:])).shapes.get(self.output_name)
+        shape = self._types_at(tuple(model_x.shape[1:])).shapes.get(self.output)
         if shape is not None and len(shape) >= 1 and all(isinstance(d, int) for d in shape[1:]):
             return tuple(int(d) for d in shape[1:])
         return tuple(self.forward(self._from_model(model_x[:1])).logits.shape[1:])
@@ -105,7 +101,7 @@ class Passes:
         types = self._types_at(image)
 
         def make():
-            return self._new_session(cut_at(self._base_model(), self._base_graph(), self.output_name, tensor,
+            return self._new_session(cut_at(self._base_model(), self._base_graph(), self.output, tensor,
                                             types.dtypes.get(tensor, np.dtype(np.float32))).model,
                                      quiet=True)  # a failed broadcast trial (see below) is expected
         session = self._sessions.get(("cut", tensor), make)
@@ -125,33 +121,23 @@ class Passes:
                                        for i in range(len(rows))])
             return scores(self._run_cut(session, feeds))
 
-        if not needs_image or len(model_x) == len(fed):
+        if not needs_image:
             return run(fed, model_x)
-        if len(model_x) != 1:
-            raise InvalidInputError(f"replaced: give one image or one per replacement, got {len(model_x)} for {len(fed)}")
         if self._shared_prefix is None:
             self._shared_prefix = {}
-        shared = self._shared_prefix.get(tensor)
-        if shared is None and len(fed) > 1:
-            try:
-                one = run(fed[:2], model_x)
-                shared = one.shape[0] == 2 and np.allclose(one, run(fed[:2], np.repeat(model_x, 2, axis=0)),
-                                                           rtol=1e-5, atol=1e-6)
-            except ModelError:
-                shared = False
-            self._shared_prefix[tensor] = bool(shared)
-        return run(fed, model_x if shared else np.repeat(model_x, len(fed), axis=0))
+        return base.run_replacements(lambda images, rows: run(rows, images), model_x, fed, self._shared_prefix, tensor,
+                                     (ModelError,))
 
     def _run_cut(self, session, feeds) -> np.ndarray:
         try:
-            return runtime.run(session, feeds, [self.output_name], "cuda" if self.device == "cuda" else "cpu",
+            return runtime.run(session, feeds, [self.output], "cuda" if self.device == "cuda" else "cpu",
                                self._binding())[0]
         except Exception as error:  # onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime failed on the model cut at a layer: {str(error).strip().splitlines()[0]}") from None
 
     def _find_head(self, image: Tuple[int, ...]) -> Tuple[str, np.ndarray]:
         if self._head is None:  # found once: the head does not change with the batch
-            self._head = find_head(self.graph, self.output_name, self._nhwc,
+            self._head = find_head(self.graph, self.output, self._nhwc,
                                    probe=lambda tensor: self._shape_values(image, batch=1).get(tensor))
         return self._head
 
@@ -166,7 +152,7 @@ class Passes:
             )
         model_x = self._prepare(x)
         outputs = self._run(self._forward_session(frozenset({pooled})), {self.input_name: model_x},
-                            [self.output_name, pooled])
+                            [self.output, pooled])
         return scores(outputs[0]), self._to_nchw(pooled, outputs[1]), weight, used
 
     def _from_model(self, model_x: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 from .. import progress
 from ..backend import INPUT_GRADIENTS, RELU_RULES
 from ..errors import InvalidInputError
-from ..integration import RULES, integration_points
+from ..integration import INTEGRATION_RULES, integration_points
 from ..noise import RunningStats, image_generators, noise_sigma
 from ..occlusion import as_baseline
 from ..targets import ClassSeed, Target, objective
@@ -91,7 +91,7 @@ def input_x_gradient(backend: Backend, x: np.ndarray, target: Target, layer: Lay
 
 STEPS = Option("steps", 50, "points on the path from the baseline (50)",
                lambda v: _steps(v), int)
-RULE = Option("rule", "gausslegendre", " | ".join(RULES) + " (gausslegendre)", one_of("rule", RULES), str)
+RULE = Option("rule", "gausslegendre", " | ".join(INTEGRATION_RULES) + " (gausslegendre)", one_of("rule", INTEGRATION_RULES), str)
 
 
 def _steps(value: Any) -> int:

@@ -179,7 +179,7 @@ def _occlude_incrementally(backend: Backend, x: np.ndarray, i: int, grid: Occlus
     positions = len(grid)
     # the caller's batch_size when given; else up to 4x the backend's choice (an incremental pass
     # holds little but the layers past its regions), at most the occluder's own preference
-    per_pass = batch if explicit else max(batch, min(getattr(score, "batch", batch), 4 * batch))
+    per_pass = batch if explicit else max(batch, min(score.batch, 4 * batch))
     full = np.broadcast_to(fill, x.shape[1:])
     (wh, ww), owner = grid.window, np.full(positions, i)
     for sl in batches(positions, per_pass):

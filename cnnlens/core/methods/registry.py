@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, TypeVar, cast
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union, cast
 
 import numpy as np
 
@@ -199,3 +199,38 @@ def all_options() -> Dict[str, Tuple[Option, List[str]]]:
         for option in method.options:
             found.setdefault(option.name, (option, []))[1].append(method.name)
     return found
+
+
+def method_list(methods: Union[str, Sequence[str]], every: Sequence[str]) -> List[str]:
+    """The methods a user named, as registered names in order, once each: ``"gradcam,saliency"``,
+    a list of names or of comma-separated names (a repeated command-line flag); ``"all"`` stands
+    for ``every``. An unknown name is an UnknownMethodError suggesting close names.
+
+    >>> method_list(["gradcam, saliency", "gradcam"], every=[])
+    ['gradcam', 'saliency']
+    """
+    items = [methods] if isinstance(methods, str) else list(methods)
+    names: List[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidInputError(f"methods must be names (strings), got {item!r}")
+        for name in (n.strip() for n in item.split(",")):
+            if name == "all":
+                names.extend(every)
+            elif name:
+                names.append(lookup(name).name)
+    return list(dict.fromkeys(names))
+
+
+def check_options_apply(methods: Sequence[str], given: Iterable[str], spelled: Callable[[str], str],
+                        among: Optional[Sequence[str]] = None) -> None:
+    """An option that none of ``methods`` takes is an InvalidInputError naming the methods that do
+    (of ``among``, default all): an option is never dropped silently. ``spelled`` writes an option's
+    name as the user gave it (``--steps`` on the command line, ``option 'steps'`` in Python)."""
+    chosen = ", ".join(methods)
+    for name in given:
+        if any(name in lookup(m).defaults for m in methods):
+            continue
+        takers = [m for m in (among if among is not None else list(METHODS)) if name in lookup(m).defaults]
+        what = f"it is an option of {', '.join(takers)}" if takers else "no method takes it"
+        raise InvalidInputError(f"{spelled(name)} does not apply to {chosen}: {what}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import FrozenSet, Optional, Sequence
 
-from ..backend import CAPABILITIES, Backend, limits
+from ..backend import CAPABILITIES, Backend
 from ..errors import UnsupportedError
 from .registry import Method, lookup, supported_methods
 
@@ -22,7 +22,7 @@ def runs(backend: Backend, method: str) -> bool:
 
 
 def _why(backend: Backend, lacking: FrozenSet[str]) -> str:
-    known = limits(backend)
+    known = backend.limits
     reasons = list(dict.fromkeys(known[c] for c in sorted(lacking) if c in known))
     return f" for this model ({'; '.join(reasons)})" if reasons else ""
 

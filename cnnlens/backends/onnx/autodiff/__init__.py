@@ -1,11 +1,11 @@
 """Reverse-mode differentiation of ONNX graphs into ONNX graphs (no PyTorch, any execution provider)."""
 
-from .builder import (RELU_RULES, GradientModel, GradientRequest, UnsupportedOp, ancestors, argmax_rows,
+from .builder import (RELU_RULE_NAMES, GradientModel, GradientRequest, UnsupportedOp, ancestors, argmax_rows,
                       backward_chain, build, class_rows, missing_rules, opset_of, predicted_classes,
                       taken_names)
 from .emit import Emitter
-from .rules import RULES
+from .rules import OP_RULES
 
-__all__ = ["RELU_RULES", "GradientModel", "GradientRequest", "UnsupportedOp", "build", "missing_rules", "RULES",
+__all__ = ["RELU_RULE_NAMES", "GradientModel", "GradientRequest", "UnsupportedOp", "build", "missing_rules", "OP_RULES",
            "ancestors", "argmax_rows", "backward_chain", "opset_of", "Emitter", "class_rows", "predicted_classes",
            "taken_names"]

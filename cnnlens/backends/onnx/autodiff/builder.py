@@ -19,12 +19,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ....core.backend import RELU_RULE_NAMES
 from ..graph import Graph, node_name, value_inputs
 from .context import Context, NoRule, Shape
 from .emit import Emitter
-from .rules import CHECKS, RULES
+from .rules import CHECKS, OP_RULES
 
-RELU_RULES = ("plain", "guided", "deconv")
 
 
 class UnsupportedOp(Exception):
@@ -70,7 +70,7 @@ def missing_rules(graph: Graph, output: str, nodes: Optional[Sequence[onnx.NodeP
     path = nodes if nodes is not None else _on_path(graph, _descendants(graph, {graph.input.name}), output)
     problems = []
     for node in path:
-        if node.op_type not in RULES or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in OP_RULES or node.domain not in ("", "ai.onnx"):
             problems.append((node, "no backward rule for this op"))
             continue
         check = CHECKS.get(node.op_type)
@@ -132,8 +132,8 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: GradientRe
     axis symbolic). ``probe(tensor)``: the value of a tensor computed from the input's shape alone
     (a Slice bound, a Pad amount) when it is the same for every batch size, else None. Raises
     UnsupportedOp naming the first node that cannot be differentiated."""
-    if request.relu not in RELU_RULES:
-        raise ValueError(f"relu must be one of {RELU_RULES}, got {request.relu!r}")
+    if request.relu not in RELU_RULE_NAMES:
+        raise ValueError(f"relu must be one of {RELU_RULE_NAMES}, got {request.relu!r}")
     emitter = Emitter(opset_of(model), taken_names(model), "cnnlens_grad/")
     seed_input = emitter.fresh("seed")
     seed = argmax_rows(emitter, output, dtypes) if request.seed == "argmax" else seed_input
@@ -199,7 +199,7 @@ def backward_chain(emitter: Emitter, graph: Graph, output: str, seed: str, relu:
         grads = [gradient(o) if o else None for o in node.output]
         if all(g is None for g in grads):
             continue
-        backward = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        backward = OP_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if backward is None:
             raise UnsupportedOp(node.op_type, node_name(node))
         check = CHECKS.get(node.op_type)

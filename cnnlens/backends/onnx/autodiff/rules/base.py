@@ -20,7 +20,7 @@ from ...graph import Graph
 Backward = Callable[[Context, onnx.NodeProto, List[Optional[str]]], Sequence[Optional[str]]]
 Check = Callable[[onnx.NodeProto, Graph], Optional[str]]
 
-RULES: Dict[str, Backward] = {}
+OP_RULES: Dict[str, Backward] = {}
 CHECKS: Dict[str, Check] = {}
 
 
@@ -28,9 +28,9 @@ def rule(*op_types: str, check: Optional[Check] = None) -> Callable[[Backward], 
     """Register ``backward`` (and ``check``) for ``op_types``."""
     def register(backward: Backward) -> Backward:
         for op in op_types:
-            if op in RULES:
+            if op in OP_RULES:
                 raise RuntimeError(f"two backward rules for {op}")
-            RULES[op] = backward
+            OP_RULES[op] = backward
             if check is not None:
                 CHECKS[op] = check
         return backward
