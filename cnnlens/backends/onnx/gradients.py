@@ -28,6 +28,17 @@ def _describe(problems: List[Tuple[onnx.NodeProto, str]], shown: int = 3) -> str
     return "; ".join(parts) + more
 
 
+def _outputs_before(graph: Graph, output: str, problems: List[Tuple[onnx.NodeProto, str]]) -> str:
+    """The model's other outputs that no problem node feeds (a detector's raw head outputs, before
+    box decoding and NMS), said as what to explain instead; empty when there are none."""
+    blocked = {node_name(n) for n, _ in problems}
+    clean = [o for o in graph.output_names if o != output and not blocked & autodiff.ancestors(graph, o)]
+    if not clean:
+        return ""
+    return (f". Outputs computed before it, which differentiate: {', '.join(repr(o) for o in clean)} "
+            f"(explain one with cnnlens.load(path, output=NAME), --output NAME)")
+
+
 def _upstream(graph: Graph, nodes: List[onnx.NodeProto]) -> Set[str]:
     """The nodes ``nodes`` depend on, and themselves."""
     seen: Set[str] = set()
@@ -46,7 +57,7 @@ def gradient_capabilities(graph: Graph, output: str) -> Tuple[FrozenSet[str], Di
     problems = autodiff.missing_rules(graph, output)
     if not problems:
         return base.GRADIENTS, {}
-    why = f"the gradient cannot pass {_describe(problems)}"
+    why = f"the gradient cannot pass {_describe(problems)}" + _outputs_before(graph, output, problems)
     limits = {base.INPUT_GRADIENTS: why, base.RELU_RULES: why}
     blocked = _upstream(graph, [n for n, _ in problems])
     clean_convs = [n for n in graph.data_nodes() if n.op_type == "Conv" and node_name(n) not in blocked]

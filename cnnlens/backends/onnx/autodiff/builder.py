@@ -65,11 +65,24 @@ class GradientModel:
     outputs: List[str]          # [scores, activations..., input gradient?, layer gradients...]
 
 
+#: ops that select rather than compute, and are not differentiable by nature: a model's post-processing
+#: (explain the raw output before it)
+SELECTIONS = {
+    "NonMaxSuppression": "NonMaxSuppression selects boxes and is not differentiable: explain the raw scores "
+                         "before the post-processing",
+    "RoiAlign": "RoiAlign's boxes come from a selection and are not differentiable: explain the raw scores "
+                "before the region heads",
+}
+
+
 def missing_rules(graph: Graph, output: str, nodes: Optional[Sequence[onnx.NodeProto]] = None) -> List[Tuple[onnx.NodeProto, str]]:
     """(node, reason) for each node between the input and ``output`` that cannot be differentiated."""
     path = nodes if nodes is not None else _on_path(graph, _descendants(graph, {graph.input.name}), output)
     problems = []
     for node in path:
+        if node.op_type in SELECTIONS and node.domain in ("", "ai.onnx"):
+            problems.append((node, SELECTIONS[node.op_type]))
+            continue
         if node.op_type not in OP_RULES or node.domain not in ("", "ai.onnx"):
             problems.append((node, "no backward rule for this op"))
             continue

@@ -1,4 +1,5 @@
-"""Normalisations: BatchNormalization (inference), LRN, LayerNormalization, InstanceNormalization."""
+"""Normalisations: BatchNormalization (inference), LRN, LayerNormalization, InstanceNormalization,
+GroupNormalization."""
 
 from __future__ import annotations
 
@@ -103,3 +104,25 @@ def instance_norm(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]
     g, x = grads[0], node.input[0]
     rank = ctx.rank(x)
     return _normalised_over(ctx, node, ctx.e.mul(g, _per_channel(ctx, node.input[1], rank)), list(range(2, rank)))
+
+
+@rule("GroupNormalization")
+def group_norm(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
+    """Instance normalisation over groups of channels: the input seen as (N, G, C/G * spatial),
+    normalised over its last axis. The scale is per group at opset 18, per channel from 21."""
+    g, x = grads[0], node.input[0]
+    if any(ctx.needs(t) for t in node.input[1:]):
+        raise NoRule("GroupNormalization whose scale or bias depends on the input")
+    e = ctx.e
+    rank = ctx.rank(x)
+    groups = int(ctx.attr(node, "num_groups"))
+    eps = float(ctx.attr(node, "epsilon", 1e-5))
+    per_channel = ctx.opset >= 21
+    scaled = e.mul(g, _per_channel(ctx, node.input[1], rank)) if per_channel else g
+    grouped = e.ints([0, groups, -1])
+    h = e.op("Reshape", [scaled, grouped])
+    if not per_channel:
+        h = e.mul(h, e.unsqueeze(node.input[1], [1]))  # (G,) -> (G, 1) against (N, G, rest)
+    inner = _normalised(ctx, e.op("Reshape", [x, grouped]), h, [2], eps)
+    return only_first(node, e.reshape_like(inner, x))
+

@@ -1,5 +1,5 @@
 """Reductions (ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceL2, ReduceSumSquare) and
-Softmax / LogSoftmax.
+Softmax / LogSoftmax, TopK.
 
 ReduceMax / ReduceMin split the gradient evenly among tied maxima, as PyTorch's ``amax`` /
 ``amin``. Before opset 13, Softmax and LogSoftmax normalise over all axes from ``axis`` on
@@ -100,3 +100,18 @@ def log_softmax(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
     axes = _softmax_axes(ctx, node, ctx.rank(y))
     total = e.reduce("ReduceSum", g, axes, keepdims=True)
     return [e.op("Sub", [g, e.mul(e.op("Exp", [y]), total)])]
+
+
+@rule("TopK")
+def top_k(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
+    """The values' gradient back to the elements they were taken from, the choice held fixed (as
+    PyTorch's ``topk``); the indices carry none."""
+    g, x = grads[0], node.input[0]
+    if g is None:
+        return [None] * len(node.input)
+    if ctx.opset < 11:
+        raise NoRule("TopK's gradient needs opset 11 (ScatterElements)")
+    axis = int(ctx.attr(node, "axis", -1))
+    zeros = ctx.e.zeros_like(x, ctx.dtype(x))
+    indices = node.output[1]  # distinct along the axis: a plain scatter adds nothing twice
+    return only_first(node, ctx.e.op("ScatterElements", [zeros, indices, g], axis=axis))

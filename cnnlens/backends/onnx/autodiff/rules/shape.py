@@ -1,5 +1,6 @@
 """Ops that move values without computing on them: Reshape, Flatten, Squeeze, Unsqueeze,
-Transpose, Concat, Split, Slice, Pad, Gather, Expand.
+Transpose, Concat, Split, Slice, Pad, Gather, Expand, Tile, GatherElements, ScatterND,
+ScatterElements.
 
 The reshaping ops take the gradient back to the input's runtime shape. Slice (unit steps) and
 constant Pad (non-negative pads) are undone by padding and cropping. Everything else that
@@ -15,6 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
+from ...graph import attribute
 from ..context import Context, NoRule
 from .base import only_first, rule
 from .elementwise import unbroadcast
@@ -73,12 +75,17 @@ def _along(ctx: Context, g: str, axis: int, rank: int, picks: Sequence[Optional[
     for row, index in enumerate(picks):
         if index is not None:
             matrix[row, index] += 1
+    return contract(ctx, g, axis, rank, ctx.e.const(matrix, "pick_matrix"))
+
+
+def contract(ctx: Context, g: str, axis: int, rank: int, matrix: str) -> str:
+    """``g`` (out along ``axis``) times ``matrix`` (out, in): the adjoint of ``y = A x`` along one
+    axis, one MatMul (with the axis moved last and back)."""
     e = ctx.e
-    weight = e.const(matrix, "pick_matrix")
     if axis == rank - 1:
-        return e.op("MatMul", [g, weight])
+        return e.op("MatMul", [g, matrix])
     perm = [i for i in range(rank) if i != axis] + [axis]
-    moved = e.op("MatMul", [e.op("Transpose", [g], perm=perm), weight])
+    moved = e.op("MatMul", [e.op("Transpose", [g], perm=perm), matrix])
     return e.op("Transpose", [moved], perm=[int(i) for i in np.argsort(perm)])
 
 
@@ -98,6 +105,11 @@ def _slice_bounds(ctx: Context, node: onnx.NodeProto) -> Tuple[List[int], List[i
     starts, ends, axes, steps = values
     axes = axes if axes is not None else list(range(len(starts)))
     return starts, ends, axes, steps if steps is not None else [1] * len(starts)
+
+
+#: a Slice end at least this large keeps the rest of the axis whatever its size (exporters write
+#: INT32_MAX or INT64_MAX)
+_WHOLE_AXIS = 2 ** 31 - 1
 
 
 def _picked(start: int, end: int, step: int, size: int) -> List[int]:
@@ -121,6 +133,8 @@ def slice_(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
     pads = [0] * (2 * rank)
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis %= rank
+        if step == 1 and start == 0 and end >= _WHOLE_AXIS:
+            continue  # the whole axis (the dynamo exporter's x[:, ...] on the batch): nothing to undo
         size = ctx.dims(x, [axis])[0]
         picks = _picked(start, end, step, size)
         if not picks:
@@ -225,3 +239,109 @@ def gather(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
     spread = e.op("Expand", [e.op("Reshape", [indices, e.ints(column)]), e.shape(g)])
     zeros = e.zeros_like(x, ctx.dtype(x))
     return [e.op("ScatterElements", [zeros, spread, g], axis=axis, reduction="add"), None]
+
+
+@rule("Tile")
+def tile(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
+    """Each copy's gradient added back onto the input: the 0/1 matrix of ``i % size`` per tiled axis."""
+    g, x = grads[0], node.input[0]
+    repeats = ctx.constant(node.input[1])
+    if repeats is None:
+        raise NoRule("Tile whose repeats are computed from the input's values")
+    rank = ctx.rank(x)
+    for axis, times in enumerate(int(r) for r in np.asarray(repeats).reshape(-1)):
+        if times != 1:
+            size = ctx.dims(x, [axis])[0]
+            g = _along(ctx, g, axis, rank, [i % size for i in range(size * times)], size, ctx.dtype(x))
+    return [g, None]
+
+
+@rule("GatherElements")
+def gather_elements(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
+    """The gradient added back where each element was taken from (a ScatterElements that adds)."""
+    g, (x, indices) = grads[0], node.input
+    if ctx.needs(indices):
+        raise NoRule("GatherElements whose indices depend on the input's values")
+    if ctx.opset < 16:
+        raise NoRule("GatherElements needs opset 16 for its gradient (ScatterElements with reduction)")
+    axis = int(ctx.attr(node, "axis", 0))
+    zeros = ctx.e.zeros_like(x, ctx.dtype(x))
+    return [ctx.e.op("ScatterElements", [zeros, indices, g], axis=axis, reduction="add"), None]
+
+
+def _check_scatter(node: onnx.NodeProto, graph) -> Optional[str]:
+    reduction = attribute(node, "reduction", b"none")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
+    return None if reduction in ("none", "add") else f"{node.op_type} with reduction={reduction!r}"
+
+
+@rule("ScatterND", "ScatterElements", check=_check_scatter)
+def scatter(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
+    """``data`` with ``updates`` written at ``indices`` (each index once, as the exporters write a
+    slice assignment): the data's gradient is ``g`` with zeros where it was overwritten (all of
+    ``g`` with ``reduction="add"``), the updates' is ``g`` read at the indices."""
+    g, (data, indices, updates) = grads[0], node.input
+    if ctx.needs(indices):
+        raise NoRule(f"{node.op_type} whose indices depend on the input's values")
+    e = ctx.e
+    elements = node.op_type == "ScatterElements"
+    axis = {"axis": int(ctx.attr(node, "axis", 0))} if elements else {}
+    reduction = ctx.attr(node, "reduction", b"none")
+    overwritten = (reduction.decode() if isinstance(reduction, bytes) else reduction) == "none"
+    data_grad = None
+    if ctx.needs(data):
+        data_grad = e.op(node.op_type, [g, indices, e.zeros_like(updates, ctx.dtype(updates))], **axis) \
+            if overwritten else g
+    updates_grad = None
+    if ctx.needs(updates):
+        updates_grad = e.op("GatherElements" if elements else "GatherND", [g, indices], **axis)
+    return [data_grad, None, updates_grad]
+
+
+# ---------------------------------------------------------------- sequences of a split (the dynamo exporter's split)
+# The gradient of a sequence made by SplitToSequence is carried as a tensor of its source's shape:
+# each SequenceAt puts its piece's gradient in place (zeros elsewhere), the consumers' sum is the
+# source's gradient, and SplitToSequence passes it on.
+
+
+def _split_piece(ctx: Context, split_node: onnx.NodeProto, position: int) -> Tuple[int, int, int, bool]:
+    """(axis, start, end, axis kept) of piece ``position`` of a SplitToSequence."""
+    x = split_node.input[0]
+    rank = ctx.rank(x)
+    axis = int(ctx.attr(split_node, "axis", 0)) % rank
+    size = ctx.dims(x, [axis])[0]
+    split = ctx.constant(split_node.input[1]) if len(split_node.input) > 1 and split_node.input[1] else None
+    if len(split_node.input) > 1 and split_node.input[1] and split is None:
+        raise NoRule("SplitToSequence whose split is computed from the input's values")
+    if split is None:
+        sizes, kept = [1] * size, bool(int(ctx.attr(split_node, "keepdims", 1)))
+    elif np.asarray(split).ndim == 0:
+        chunk = int(split)
+        sizes, kept = [min(chunk, size - s) for s in range(0, size, chunk)], True
+    else:
+        sizes, kept = [int(v) for v in np.asarray(split).reshape(-1)], True
+    position %= len(sizes)
+    start = int(sum(sizes[:position]))
+    return axis, start, start + sizes[position], kept
+
+
+@rule("SequenceAt")
+def sequence_at(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
+    g, (sequence, index) = grads[0], node.input
+    producer = ctx.graph.producer.get(sequence)
+    position = ctx.constant(index)
+    if producer is None or producer.op_type != "SplitToSequence" or position is None:
+        raise NoRule("SequenceAt of a sequence other than a SplitToSequence's, or at a computed position")
+    x = producer.input[0]
+    rank = ctx.rank(x)
+    axis, start, end, kept = _split_piece(ctx, producer, int(np.asarray(position).reshape(-1)[0]))
+    if not kept:
+        g = ctx.e.unsqueeze(g, [axis])
+    pads = [0] * (2 * rank)
+    pads[axis], pads[rank + axis] = start, ctx.dims(x, [axis])[0] - end
+    return [ctx.e.pad(g, pads, dtype=ctx.dtype(x)), None]
+
+
+@rule("SplitToSequence")
+def split_to_sequence(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
+    return only_first(node, grads[0])  # already the source's gradient (see SequenceAt)
