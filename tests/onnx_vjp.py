@@ -129,3 +129,17 @@ def reference_directional(op: OneOp, seed: np.ndarray, rng: np.random.Generator,
     grads = op.vjp(seed)
     analytic = float(sum((grads[k].astype(np.float64) * directions[k]).sum() for k in op.data))
     return abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-12)
+
+
+def check_against_torch(op: OneOp, fn: Callable[..., torch.Tensor], tol: float = 1e-5) -> None:
+    """``op``'s forward equals ``fn``'s, and its gradient of every data tensor equals PyTorch
+    autograd's (float64) to ``tol`` relative, for one seeded random seed."""
+    from tests.helpers import assert_close
+
+    seed = op.seed(np.random.default_rng(1))
+    want = torch_vjp(fn, op.data, seed)
+    np.testing.assert_allclose(op.forward(), fn(*[torch.from_numpy(v.astype(np.float64)) for v in op.data.values()])
+                               .detach().numpy(), rtol=1e-4, atol=1e-5)
+    got = op.vjp(seed)
+    for name in op.data:
+        assert_close(got[name], want[name], tol)

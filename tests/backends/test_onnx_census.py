@@ -2,7 +2,9 @@
 segmenters and detectors (at their raw heads), segmentation-models-pytorch, timm's hybrids —
 exported by both torch.onnx exporters at a current opset and an older one. For each: every op on
 the explained path has a backward rule, and the input gradient and a mid-network layer's gradient
-equal PyTorch autograd on the original module (<= 1e-4 relative). CI runs ``QUICK`` (one member per
+equal PyTorch autograd on the original module in float64 (<= 1e-4 relative, or no further than
+PyTorch's own float32 gradient is where the float32 reference is not stable: a deep ResNet's input
+gradient, where a ReLU or MaxPool tie flips with rounding). CI runs ``QUICK`` (one member per
 family and exporter quirk); ``CNNLENS_CENSUS=all`` runs all of it (``benchmarks/census.py`` writes
 the table of docs/census.md from the same function)."""
 
@@ -34,5 +36,6 @@ def test_every_op_has_a_rule_and_gradients_equal_autograd(name, exporter, opset,
     row = examine(name, exporter, opset, str(tmp_path))
     assert row["missing"] == [], row["missing"]
     assert row["output_error"] <= 1e-4, row
-    assert row["input_error"] <= 1e-4, row
-    assert row["layer_error"] <= 1e-4, row
+    allowed = max(1e-4, 2 * row["torch_float32_error"])  # float32 itself is not stable beyond that
+    assert row["input_error"] <= allowed, row
+    assert row["layer_error"] <= allowed, row

@@ -11,8 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import assert_close
-from tests.onnx_vjp import OneOp, adjoint_gap, torch_vjp
+from tests.onnx_vjp import OneOp, adjoint_gap, check_against_torch
 
 RNG = np.random.default_rng(0)
 
@@ -21,14 +20,7 @@ def _rand(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def check(op: OneOp, fn, tol=1e-5):
-    seed = op.seed(np.random.default_rng(1))
-    want = torch_vjp(fn, op.data, seed)
-    np.testing.assert_allclose(op.forward(), fn(*[torch.from_numpy(v.astype(np.float64)) for v in op.data.values()])
-                               .detach().numpy(), rtol=1e-4, atol=1e-5)
-    got = op.vjp(seed)
-    for name in op.data:
-        assert_close(got[name], want[name], tol)
+check = check_against_torch
 
 
 def resize(x, opset=13, scales=None, sizes=None, **attrs) -> OneOp:

@@ -14,8 +14,7 @@ from onnx import helper
 from cnnlens.backends.onnx.autodiff import GradientRequest, UnsupportedOp, build
 from cnnlens.backends.onnx.graph import Graph
 from cnnlens.backends.onnx.shapes import infer
-from tests.helpers import assert_close
-from tests.onnx_vjp import OneOp, adjoint_gap, torch_vjp
+from tests.onnx_vjp import OneOp, adjoint_gap, check_against_torch
 
 RNG = np.random.default_rng(0)
 
@@ -24,14 +23,7 @@ def _rand(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def check(op: OneOp, fn, tol=1e-5):
-    seed = op.seed(np.random.default_rng(1))
-    want = torch_vjp(fn, op.data, seed)
-    np.testing.assert_allclose(op.forward(), fn(*[torch.from_numpy(v.astype(np.float64)) for v in op.data.values()])
-                               .detach().numpy(), rtol=1e-4, atol=1e-5)
-    got = op.vjp(seed)
-    for name in op.data:
-        assert_close(got[name], want[name], tol)
+check = check_against_torch
 
 
 # ---------------------------------------------------------------- matrix products
