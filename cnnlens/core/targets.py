@@ -9,14 +9,14 @@ head, a segmentation map). :func:`objective` turns it and the model's outputs in
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 from .errors import TargetError
 
-Target = Union[None, int, Sequence[int], np.ndarray, "OutputWeights"]
+Target = Union[None, int, Sequence[int], np.ndarray, "OutputWeights", "DerivedWeights"]
 
 
 class OutputWeights:
@@ -31,6 +31,25 @@ class OutputWeights:
 
     def __getitem__(self, index: Any) -> "OutputWeights":
         return OutputWeights(self.weights[index])
+
+
+class DerivedWeights:
+    """Output weights read off the model's own outputs for the images explained (a segmentation class
+    over its predicted region): ``make(outputs)`` gives (N, *output) weights from the unperturbed
+    outputs. They are computed once, before the method runs, and held fixed from then on (every
+    perturbed pass is scored with them), and ``Explanation.target`` reports them."""
+
+    def __init__(self, make: Callable[[np.ndarray], np.ndarray], description: str):
+        self.make = make
+        self.description = description
+
+    def __repr__(self) -> str:
+        return self.description
+
+    def weights_for(self, outputs: np.ndarray) -> OutputWeights:
+        """The weights for these outputs, checked against their shape."""
+        outputs = np.asarray(outputs)
+        return output_weights(self.make(outputs), len(outputs), outputs.shape[1:])
 
 
 def is_weights(target: Target) -> bool:

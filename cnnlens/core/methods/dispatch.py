@@ -7,15 +7,20 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, LayerError, TargetError
-from ..targets import Target, is_single, is_weights, output_weights
+from ..targets import DerivedWeights, Target, is_single, is_weights, output_weights
 from ..types import Explanation
-from .common import Backend, LayerSpec, check_images
+from .common import Backend, LayerSpec, batches, check_images, forward_batch
 from .support import require
 
 
 def _check_target(backend: Backend, target: Target, images: np.ndarray) -> Target:
     """Class targets checked for length; output weights checked against the model's output shape
-    (one image's pass) and expanded to one row per image."""
+    (one image's pass) and expanded to one row per image; weights derived from the outputs made from
+    one forward pass over the images (then fixed, as given weights are)."""
+    if isinstance(target, DerivedWeights):
+        size = forward_batch(backend, None, images)
+        outputs = np.concatenate([backend.forward(images[sl]).logits for sl in batches(len(images), size)])
+        return target.weights_for(outputs)
     if is_weights(target):
         shape = backend.forward(images[:1]).logits.shape[1:]
         return output_weights(target, len(images), shape)
