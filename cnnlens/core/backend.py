@@ -72,7 +72,7 @@ def seed_rows(seed: GradLogits, outputs: Union[np.ndarray, Callable[[], np.ndarr
     function computing them, called only when the rows depend on their values: a target given as
     classes or weights needs only ``output_shape`` (the outputs' full shape, or a function giving
     it), when the backend can tell it without a forward pass."""
-    if isinstance(seed, ClassSeed) and seed.target is not None and output_shape is not None:
+    if isinstance(seed, ClassSeed) and not seed.needs_outputs and output_shape is not None:
         return seed.rows(output_shape() if callable(output_shape) else output_shape)
     if callable(seed):
         return np.asarray(seed(outputs() if callable(outputs) else outputs))

@@ -225,6 +225,8 @@ class Objective:
 
 def objective(target: Target, outputs: np.ndarray) -> Objective:
     """The :class:`Objective` of ``target`` for these (unperturbed) outputs, checked."""
+    if isinstance(target, DerivedWeights):
+        return Objective(weights=target.weights_for(outputs))
     if is_weights(target):
         return Objective(weights=output_weights(target, len(outputs), np.asarray(outputs).shape[1:]))
     return Objective(classes=resolve_targets(target, outputs))
@@ -246,10 +248,16 @@ class ClassSeed:
         outputs = np.asarray(outputs)
         return objective(self.target, outputs).rows(np.arange(len(outputs)), outputs.shape)
 
+    @property
+    def needs_outputs(self) -> bool:
+        """Whether the rows depend on the outputs' values (each image's arg-max, weights derived
+        from the outputs), not only on their shape."""
+        return self.target is None or isinstance(self.target, DerivedWeights)
+
     def rows(self, output_shape: Tuple[int, ...]) -> np.ndarray:
-        """The rows for outputs of this shape (the target must not be None: then the rows depend on the
+        """The rows for outputs of this shape (only for a target whose rows do not depend on the
         outputs' values)."""
-        if self.target is None:
+        if self.needs_outputs:
             raise ValueError("the arg-max target's rows depend on the outputs: call the seed with them")
         return self(np.zeros(output_shape, dtype=np.float32))
 

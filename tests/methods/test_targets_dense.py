@@ -107,3 +107,16 @@ def class_zero_everywhere(model: nn.Module) -> nn.Module:
             out = self.inner(x)
             return out + torch.tensor([100.0, 0.0, 0.0]).view(1, 3, 1, 1)
     return Fixed().eval()
+
+
+def test_the_metrics_take_the_same_target():
+    """deletion / insertion scores perturbed images with the weights the target stands for."""
+    from cnnlens.metrics import deletion_insertion
+
+    model = Segmenter().eval()
+    target = segmentation(1, np.ones((16, 16)))
+    exp = cnnlens.explain(model, X, "saliency", target=target)
+    by_target = deletion_insertion(model, X, exp.maps, target=target, steps=4)
+    by_weights = deletion_insertion(model, X, exp.maps, target=exp.target, steps=4)
+    for key in ("deletion", "insertion"):
+        np.testing.assert_allclose(by_target[key], by_weights[key], rtol=1e-6)
