@@ -126,12 +126,28 @@ def layer_arg(args: argparse.Namespace, method: str):
 
 
 def target_arg(args: argparse.Namespace) -> Any:
-    """--target (a class) or --target-weights (an .npy file of output weights)."""
-    path = getattr(args, "target_weights", None)
-    if path is None:
-        return args.target
-    if args.target is not None:
-        raise InvalidInputError("give --target or --target-weights, not both")
+    """--target (a class), --target-weights (an .npy file of output weights), or --target-class C with
+    --target-mask FILE (a segmentation class over a mask, by default over its predicted region) or
+    --target-box x1,y1,x2,y2 (a detection of a raw YOLO-style head): ``cnnlens.targets``."""
+    given = [f"--{n.replace('_', '-')}" for n in ("target", "target_weights", "target_class")
+             if getattr(args, n, None) is not None]
+    if len(given) > 1:
+        raise InvalidInputError(f"give one of --target, --target-weights and --target-class, not {' and '.join(given)}")
+    box, mask = getattr(args, "target_box", None), getattr(args, "target_mask", None)
+    if getattr(args, "target_class", None) is None:
+        if box is not None or mask is not None:
+            raise InvalidInputError("--target-box and --target-mask go with --target-class C, the class to explain")
+        return _target_weights(args.target_weights) if getattr(args, "target_weights", None) else args.target
+    from .. import targets
+
+    if box is not None and mask is not None:
+        raise InvalidInputError("give --target-box (a detection) or --target-mask (a segmentation region), not both")
+    if box is not None:
+        return targets.detection(_box(box), args.target_class, iou=args.target_iou)
+    return targets.segmentation(args.target_class, _mask(mask) if mask is not None else None)
+
+
+def _target_weights(path: str) -> np.ndarray:
     try:
         weights = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -139,6 +155,28 @@ def target_arg(args: argparse.Namespace) -> Any:
     if weights.dtype.kind not in "fiu":
         raise InvalidInputError(f"--target-weights {path!r} holds {weights.dtype} values, not numbers")
     return weights.astype(np.float32)
+
+
+def _box(text: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise InvalidInputError(f"--target-box takes x1,y1,x2,y2 in the model input's pixels, got {text!r}")
+    return values
+
+
+def _mask(path: str) -> np.ndarray:
+    """A mask from an .npy array, or from an image (its pixels brighter than mid-grey)."""
+    if path.lower().endswith(".npy"):
+        try:
+            return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+        except (OSError, ValueError) as error:
+            raise InvalidInputError(f"cannot read --target-mask {path!r}: {error}") from None
+    from ..adapters.images import load_image
+
+    return (load_image(path).mean(axis=-1) > 127).astype(np.float32)
 
 
 # ---------------------------------------------------------------- flag groups
@@ -159,6 +197,14 @@ def add_method_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", "-t", type=int, help="class to explain (default: each image's prediction)")
     p.add_argument("--target-weights", metavar="FILE.npy", help="explain sum(w * output) for output weights w, an "
                    ".npy array of one output's shape or the batch's (regression heads, segmentation maps)")
+    p.add_argument("--target-class", type=int, metavar="C", help="a segmentation class (over its predicted region, "
+                   "or --target-mask) or, with --target-box, a detection's class (cnnlens.targets)")
+    p.add_argument("--target-mask", metavar="FILE", help="with --target-class: the region, an .npy array or an image "
+                   "of the model output's size")
+    p.add_argument("--target-box", metavar="X1,Y1,X2,Y2", help="with --target-class: a box in the model input's "
+                   "pixels; explains that class over a raw YOLO-style head's anchors near it")
+    p.add_argument("--target-iou", type=float, default=0.5, metavar="T", help="with --target-box: the anchors' "
+                   "least IoU with the box (0.5)")
     add_option_flags(p)
 
 

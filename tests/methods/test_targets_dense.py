@@ -120,3 +120,34 @@ def test_the_metrics_take_the_same_target():
     by_weights = deletion_insertion(model, X, exp.maps, target=exp.target, steps=4)
     for key in ("deletion", "insertion"):
         np.testing.assert_allclose(by_target[key], by_weights[key], rtol=1e-6)
+
+
+def test_the_command_line_takes_a_class_over_a_mask_or_its_region(tmp_path, capsys):
+    from PIL import Image
+
+    from cnnlens.adapters.images import prepare
+    from cnnlens.cli import main
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    mask = np.zeros((16, 16), np.float32)
+    mask[2:10, 4:14] = 1
+    np.save(tmp_path / "mask.npy", mask)
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    flat = ["--size", "16", "16", "--mean", "0", "0", "0", "--std", "1", "1", "1"]
+    x, _ = prepare(paths, (16, 16), mean=(0, 0, 0), std=(1, 1, 1))
+    model = "tests.methods.test_targets_dense:Segmenter"
+    for given in ("mask.npy", "mask.png"):
+        out = tmp_path / given.replace(".", "_")
+        assert main(["explain", model, *paths, "-m", "gradcam", "--target-class", "1", "--target-mask",
+                     str(tmp_path / given), "--out", str(out), "--save-maps", *flat]) == 0
+        want = cnnlens.explain(Segmenter().eval(), x, "gradcam", target=segmentation(1, mask)).maps
+        np.testing.assert_allclose(np.load(out / "a_gradcam.npy"), want[0], rtol=1e-5, atol=1e-7)
+    capsys.readouterr()
+    assert main(["explain", model, *paths, "-m", "saliency", "--target", "1", "--target-class", "1", *flat]) == 2
+    assert "give one of --target, --target-weights and --target-class" in capsys.readouterr().err
+    assert main(["explain", model, *paths, "-m", "saliency", "--target-mask", str(tmp_path / "mask.npy"), *flat]) == 2
+    assert "go with --target-class" in capsys.readouterr().err

@@ -92,3 +92,25 @@ def test_refusals_say_what_to_do():
     with pytest.raises(cnnlens.TargetError, match="YOLO-style head"):
         cnnlens.explain(nn.Sequential(nn.Flatten(), nn.Linear(3 * SIDE * SIDE, 4)).eval(), X, "saliency",
                         target=detection(BOX, 0))
+
+
+def test_the_command_line_takes_a_class_and_a_box(tmp_path, capsys):
+    from PIL import Image
+
+    from cnnlens.adapters.images import prepare
+    from cnnlens.cli import main
+
+    rng = np.random.default_rng(6)
+    path = str(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)).save(path)
+    flat = ["--size", str(SIDE), str(SIDE), "--mean", "0", "0", "0", "--std", "1", "1", "1"]
+    x, _ = prepare([path], (SIDE, SIDE), mean=(0, 0, 0), std=(1, 1, 1))
+    assert main(["explain", "tests.methods.test_targets_detection:TinyYolo", path, "-m", "saliency",
+                 "--target-class", "2", "--target-box", "6,6,18,18", "--target-iou", "0.3", "--out",
+                 str(tmp_path / "out"), "--save-maps", *flat]) == 0
+    want = cnnlens.explain(TinyYolo().eval(), x, "saliency", target=detection(BOX, 2, iou=0.3)).maps
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "a_saliency.npy"), want[0], rtol=1e-5, atol=1e-8)
+    capsys.readouterr()
+    assert main(["explain", "tests.methods.test_targets_detection:TinyYolo", path, "-m", "saliency",
+                 "--target-class", "2", "--target-box", "6,6,18", *flat]) == 2
+    assert "x1,y1,x2,y2" in capsys.readouterr().err
