@@ -22,6 +22,7 @@ from .core.metrics import agreement
 from .core.targets import Target
 from .core.types import Explanation
 
+
 @dataclass
 class ImageAgreement:
     """One image: how model B's map differs from model A's, and whether they predict alike."""

@@ -89,4 +89,3 @@ def sanity(model: Any, x: Any, methods: Sequence[str], target: Target = None, *,
                                               baseline=baseline)
         report["methods"][m] = {"randomisation": randomisation[m], **aucs}
     return report
-

@@ -107,4 +107,3 @@ def detection(box, category: int, iou: float = 0.5) -> DerivedWeights:
         return weights
 
     return DerivedWeights(make, f"detection(class {category} at box {box.tolist()}, IoU >= {iou})")
-

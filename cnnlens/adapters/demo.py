@@ -74,7 +74,6 @@ QUICK = DemoConfig(train_images=600, epochs=3, held_out=24, pointing_images=6, r
                    smoothgrad_samples=4, rise_masks=50, deletion_steps=4, randomisation_images=2, randomisation_steps=2)
 
 
-
 def _options(config: DemoConfig) -> Dict[str, Dict[str, Any]]:
     window, stride = config.occlusion
     return {"occlusion": {"window": window, "stride": stride},

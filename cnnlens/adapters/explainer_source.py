@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
 
 from ..backends import backend_for
-from ..core.backend import Backend
+from ..core.backend import Backend, spec_layout
 from ..core.errors import ModelError
 from .export import to_onnx
 
@@ -72,7 +72,7 @@ def onnx_source(model: Any, input_shape: Optional[Sequence[int]], *, output: Any
             to_onnx(module, path, shape, opset=opset if opset or not script else 17,
                     exporter="legacy" if script else exporter)
         loaded = backend_for(path, output=_onnx_output(backend.output),
-                             layout="NHWC" if backend.layout == "NHWC" else "auto")
+                             layout=spec_layout(backend.layout))
         with open(path, "rb") as handle:  # the backend holds the model: the folder can go
             size = len(handle.read())
         return OnnxSource(loaded, size, True)

@@ -46,4 +46,3 @@ def add(sub: Any) -> None:
     add_preprocessing(p)
     add_model_options(p)
     p.set_defaults(run=run)
-

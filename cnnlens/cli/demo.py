@@ -27,4 +27,3 @@ def add(sub: Any) -> None:
     p.add_argument("--clever-hans", action="store_true", help="instead: train on shapes where a corner mark comes "
                    "with most squares, and audit held-out images to find the shortcut (writes DIR/audit/)")
     p.set_defaults(run=run)
-

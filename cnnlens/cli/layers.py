@@ -31,4 +31,3 @@ def add(sub: Any) -> None:
     p.add_argument("--device")
     add_model_options(p)
     p.set_defaults(run=run)
-

@@ -1,6 +1,6 @@
 """The contract between the NumPy core and a backend, declared once: the capabilities a backend may
 have (each name defined here, with what it means), the ``Backend`` protocol (NumPy in and out, batch
-first, NCHW), and the one reader of a backend's optional members. The core never imports a backend;
+first, NCHW), the seed/target contract and ``BackendSpec``. The core never imports a backend;
 every backend (``cnnlens.backends``) implements this protocol. Whether a *method* can run on a
 backend is decided in one place, ``core.methods.support.require``."""
 
@@ -91,6 +91,12 @@ class BackendSpec:
     payload: Any
     output: OutputChoice
     layout: str
+
+
+def spec_layout(layout: str) -> str:
+    """A loaded backend's ``layout`` as ``cnnlens.load(layout=...)`` takes it back: an NHWC model stays
+    NHWC; NCHW is "auto", what each backend finds by itself."""
+    return "NHWC" if layout == "NHWC" else "auto"
 
 
 def check_capabilities(names: FrozenSet[str], owner: str) -> FrozenSet[str]:

@@ -15,6 +15,7 @@ from .errors import InvalidInputError
 
 Pair = Union[int, Tuple[int, int]]
 
+
 def as_pair(value: Pair, name: str) -> Tuple[int, int]:
     """An int or (h, w) pair of positive ints, validated."""
     pair: Tuple[Any, ...] = (value, value) if np.isscalar(value) else tuple(value)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from .methods.support import require_capability
 from .targets import Target, objective
 from .types import Explanation
 
+
 def cascade_points(count: int, steps: Optional[int]) -> List[int]:
     """How many top layers are randomised at each reported step: 1, ..., ``count`` (all of them),
     or ``steps`` of those evenly spread (always the first and the last)."""

@@ -16,7 +16,7 @@ from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnx
 
-from ...core.backend import BackendSpec
+from ...core.backend import BackendSpec, spec_layout
 from ...core.errors import InvalidInputError, LayerError, ModelError, unknown_layer
 from ...core.types import Layer
 from .. import base
@@ -113,8 +113,7 @@ class OnnxBackend(Passes, ShapeReading):
 
     def spec(self) -> BackendSpec:
         """The serialized model, its output and layout (``cnnlens.load(spec)`` builds it again)."""
-        return BackendSpec("onnx", self.model.SerializeToString(), self.output,
-                           "NHWC" if self.layout == "NHWC" else "auto")
+        return BackendSpec("onnx", self.model.SerializeToString(), self.output, spec_layout(self.layout))
 
     @property
     def image_shape(self) -> Tuple[Optional[int], ...]:
@@ -335,7 +334,7 @@ class OnnxBackend(Passes, ShapeReading):
         names = base.randomisation_layers(self, layers, seed)
         model = randomised_model(self.model, self.graph, names, seed)
         return OnnxBackend(model, device=self._device_name(), io_binding=self._io_binding, output=self.output,
-                           layout="NHWC" if self.layout == "NHWC" else "auto")
+                           layout=spec_layout(self.layout))
 
     def _device_name(self) -> str:
         """The device this backend runs on, as ``device=`` names it (with the CUDA device index)."""

@@ -64,4 +64,3 @@ def cut_at(model: onnx.ModelProto, graph: Graph, output: str, tensor: str, dtype
     cut = onnx.helper.make_model(new_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     cut.functions.extend(model.functions)
     return CutModel(cut, needs_image)
-

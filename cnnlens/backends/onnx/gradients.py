@@ -21,7 +21,6 @@ from .shapes import TensorTypes
 from .. import base
 
 
-
 def _describe(problems: List[Tuple[onnx.NodeProto, str]], shown: int = 3) -> str:
     parts = [f"op {node.op_type} (node {node_name(node)!r}): {reason}" for node, reason in problems[:shown]]
     more = f" and {len(problems) - shown} more" if len(problems) > shown else ""

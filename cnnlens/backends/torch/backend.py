@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...core.backend import BackendSpec, OcclusionScorer, seed_rows
+from ...core.backend import BackendSpec, OcclusionScorer, seed_rows, spec_layout
 from ...core.errors import InvalidInputError, LayerError, ModelError, unknown_layer
 from ...core.types import Layer, Pass
 from .. import base
@@ -111,7 +111,7 @@ class TorchBackend:
     def spec(self) -> BackendSpec:
         """The module itself (pickled as it travels), or a TorchScript module's saved bytes (a
         ScriptModule does not pickle); the output choice and layout with it."""
-        layout = "NHWC" if self.layout == "NHWC" else "auto"
+        layout = spec_layout(self.layout)
         if self.scripted:
             buffer = io.BytesIO()
             with warnings.catch_warnings():

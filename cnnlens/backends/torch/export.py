@@ -23,7 +23,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ...core.backend import BackendSpec
+from ...core.backend import BackendSpec, spec_layout
 from ...core.errors import ModelError
 from ...core.types import Layer
 from .. import base
@@ -130,7 +130,7 @@ class ExportedBackend(TorchBackend):
         """The program's ``torch.export.save`` bytes, the output choice and layout."""
         buffer = io.BytesIO()
         torch.export.save(self.program, buffer)
-        return BackendSpec("exported", buffer.getvalue(), self.output, "NHWC" if self.layout == "NHWC" else "auto")
+        return BackendSpec("exported", buffer.getvalue(), self.output, spec_layout(self.layout))
 
     @property  # type: ignore[override]
     def image_shape(self) -> Optional[Tuple[Optional[int], ...]]:

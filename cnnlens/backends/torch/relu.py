@@ -20,7 +20,6 @@ from torch.overrides import TorchFunctionMode
 from ...core.backend import RELU_RULE_NAMES
 
 
-
 class RuleReLU(torch.autograd.Function):
     """``max(s, 0)`` forward; backward by the rule its mode holds when the backward runs.
 

@@ -32,4 +32,3 @@ def feature_maps(backend: Backend, x: np.ndarray, target: Target, layer: LayerSp
         maps = stacked[0]
     return Explanation("feature_maps", maps, objective(target, outputs).record, outputs,
                        layer=layer_value(names, as_list))
-

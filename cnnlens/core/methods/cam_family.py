@@ -123,4 +123,3 @@ def eigencam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
     outputs = np.concatenate(batch_outputs)
     return Explanation("eigencam", maps if as_list else maps[:, 0], objective(target, outputs).record, outputs,
                        layer=layer_value(names, as_list))
-

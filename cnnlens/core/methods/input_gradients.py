@@ -227,4 +227,3 @@ def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec
               "vargrad": stats.variance}[variant]()
     assert result is not None  # the variant's statistic is tracked
     return Explanation("smoothgrad", result.astype(np.float32), goal.record, outputs)
-

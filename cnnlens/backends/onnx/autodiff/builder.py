@@ -26,7 +26,6 @@ from .emit import Emitter
 from .rules import CHECKS, OP_RULES
 
 
-
 class UnsupportedOp(Exception):
     """A node on a gradient's path has no backward rule (or one that refuses its attributes)."""
 

@@ -12,8 +12,6 @@ from ..shapes import Shape
 from .emit import Emitter
 
 
-
-
 class NoRule(Exception):
     """A node cannot be differentiated; the message says why (the builder adds the node)."""
 

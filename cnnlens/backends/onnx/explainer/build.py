@@ -124,4 +124,3 @@ def check_names(view: ModelView, methods: Sequence[str]) -> Optional[str]:
     """A method whose output name the model already uses, if any."""
     taken = {o.name for o in view.model.graph.output} | {o for n in view.model.graph.node for o in n.output}
     return next((m for m in methods if MAP_PREFIX + m in taken), None)
-

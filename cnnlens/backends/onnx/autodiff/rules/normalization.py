@@ -125,4 +125,3 @@ def group_norm(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
         h = e.mul(h, e.unsqueeze(node.input[1], [1]))  # (G,) -> (G, 1) against (N, G, rest)
     inner = _normalised(ctx, e.op("Reshape", [x, grouped]), h, [2], eps)
     return only_first(node, e.reshape_like(inner, x))
-
