@@ -81,10 +81,10 @@ def layers_of(method: Method, given: Any, backend: Any, image: Sequence[int]) ->
     shapes = {found.name: found.shape for found in backend.layers(tuple(image))}
     for name in names:
         shape = shapes.get(name)
-        if shape is None or len(shape) != 4:
-            raise LayerError(f"layer {name!r} outputs shape {shape}, not a (N, K, h, w) map, "
-                             f"so {method.name} cannot use it: pick a convolutional layer (`cnnlens.layers(model)` "
-                             f"shows output shapes)")
+        if shape is None or len(shape) not in (3, 4):  # maps, or tokens the build lays out as maps
+            raise LayerError(f"layer {name!r} outputs shape {shape}, not a (N, K, h, w) map or a token tensor, "
+                             f"so {method.name} cannot use it: pick a convolutional or transformer-block layer "
+                             f"(`cnnlens.layers(model)` shows output shapes)")
     return tuple(dict.fromkeys(names)), as_list
 
 

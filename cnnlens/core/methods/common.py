@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union, cast
 
 import numpy as np
 
 from ..backend import Backend as Backend  # the contract (re-exported): the core never imports a backend
 from ..errors import InvalidInputError, LayerError
 from ..targets import ClassSeed, Objective, OutputWeights, Target, is_single, objective
+from ..tokens import MapReading, ReshapeSpec, read_as_maps
 
 LayerSpec = Union[None, str, Sequence[str]]
 
@@ -76,14 +77,48 @@ def layer_value(names: List[str], as_list: bool) -> Union[str, List[str]]:
     return list(names) if as_list else names[0]
 
 
-def spatial(name: str, activation: np.ndarray, method: str) -> np.ndarray:
-    """``activation`` if it is a (N, K, h, w) map, else a LayerError saying what to pick."""
-    if activation.ndim != 4:
-        raise LayerError(
-            f"layer {name!r} outputs shape {tuple(activation.shape)}, not a (N, K, h, w) map, so {method} "
-            f"cannot use it: pick a convolutional layer (`cnnlens.layers(model)` shows output shapes)"
-        )
-    return activation
+class LayerMaps:
+    """Layers' outputs as (N, K, h, w) maps: how each layer reads (a map as it is, a channels-last
+    map, tokens on their grid; see ``core.tokens``) is decided from its first activation and kept
+    for every batch and for its gradients."""
+
+    def __init__(self, backend: Backend, x: np.ndarray, reshape: ReshapeSpec, method: str, layer: LayerSpec):
+        self.backend = backend
+        self.defaulted = layer is None  # the backend's default layer: it must read as a map
+        self.shape = tuple(x.shape)
+        self.image = (int(x.shape[2]), int(x.shape[3]))
+        self.reshape = reshape
+        self.method = method
+        self.readings: Dict[str, Tuple[MapReading, Tuple[int, ...]]] = {}
+
+    def reading(self, name: str, activation: np.ndarray) -> MapReading:
+        if name not in self.readings:
+            shape = tuple(activation.shape)
+            reading = read_as_maps(name, shape, self.image, self.reshape, self.method, self._model_grids,
+                                   self.defaulted)
+            self.readings[name] = (reading, shape)
+        return self.readings[name][0]
+
+    def _model_grids(self) -> Set[Tuple[int, int]]:
+        """The (h, w) of every (N, K, h, w) map the model makes at this image size."""
+        return {(int(s[2]), int(s[3])) for layer in self.backend.layers((1,) + self.shape[1:])
+                if layer.spatial and (s := layer.shape) is not None and s[2] and s[3]}
+
+    def activation(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Layer ``name``'s activation as maps (a LayerError saying what to pick or state when it cannot)."""
+        return self.reading(name, value).read(value)
+
+    def gradient(self, name: str, value: np.ndarray) -> np.ndarray:
+        """The gradient at layer ``name`` laid out as its activation is (read that first)."""
+        return self.readings[name][0].read(value)
+
+    def extras(self) -> Dict[str, np.ndarray]:
+        """``{"layer_reading": one sentence per layer}`` when any layer was not read as the plain
+        (N, K, h, w) map it is (tokens laid on a grid, a channels-last map), else nothing."""
+        if all(reading.plain for reading, _ in self.readings.values()):
+            return {}
+        return {"layer_reading": np.array([reading.describe(name, shape)
+                                           for name, (reading, shape) in self.readings.items()])}
 
 
 def clean_outputs(backend: Backend, x: np.ndarray, batch: int) -> np.ndarray:

@@ -17,20 +17,24 @@ from ..resize import resize_bilinear
 from ..rise import RiseMasks
 from ..targets import Objective, Target, objective
 from ..types import Explanation
-from .common import Backend, LayerSpec, batches, clean_pass, forward_batch, forward_layers, one_layer, spatial
-from .registry import BASELINE, CAM, ONE_LAYER, SEED, Option, fraction, positive_int, register
+from ..tokens import ReshapeSpec
+from .common import Backend, LayerMaps, LayerSpec, batches, clean_pass, forward_batch, forward_layers, one_layer
+from .registry import BASELINE, CAM, ONE_LAYER, RESHAPE, SEED, Option, fraction, positive_int, register
 
 
 def _layer_activations(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, batch: int, method: str,
-                       ) -> Tuple[str, np.ndarray, np.ndarray, Objective]:
-    """(layer name, its activations (N, K, h, w), outputs, objective) from one forward pass per batch."""
+                       reshape: ReshapeSpec) -> Tuple[str, np.ndarray, np.ndarray, Objective, LayerMaps]:
+    """(layer name, its activations as it outputs them, outputs, objective, how they read as maps)
+    from one forward pass per batch."""
     name = one_layer(backend, layer, x, method)
     activations, outputs = forward_layers(backend, x, [name], batch)
-    return name, spatial(name, activations[name], method), outputs, objective(target, outputs)
+    read = LayerMaps(backend, x, reshape, method, layer)
+    read.reading(name, activations[name])
+    return name, activations[name], outputs, objective(target, outputs), read
 
 
-@register("scorecam", needs={ACTIVATIONS}, kind=CAM, layer=ONE_LAYER)
-def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
+@register("scorecam", needs={ACTIVATIONS}, kind=CAM, layer=ONE_LAYER, options=[RESHAPE])
+def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *, reshape: ReshapeSpec = None,
              batch_size: Optional[int] = None) -> Explanation:
     """Score-CAM (Wang et al. 2020): ``ReLU(sum_k beta_k A_k)``, ``beta = softmax_k y_c(x * M_k)``.
 
@@ -39,7 +43,8 @@ def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
     ReLU channels) all share the zero image, scored once.
     """
     batch = forward_batch(backend, batch_size, x)
-    name, activations, outputs, goal = _layer_activations(backend, x, target, layer, batch, "scorecam")
+    name, raw, outputs, goal, read = _layer_activations(backend, x, target, layer, batch, "scorecam", reshape)
+    activations = read.activation(name, raw)
     k = activations.shape[1]
     scores = np.empty((len(x), k), dtype=np.float64)
     # A constant channel's mask is all zeros, so its masked image is the zero image whatever the
@@ -58,7 +63,7 @@ def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
             advance(sl.stop - sl.start)
     beta = cam_ops.softmax(scores, axis=1)
     maps = resize_bilinear(cam_ops.weighted_sum(activations, beta), x.shape[2:])
-    return Explanation("scorecam", maps, goal.record, outputs, layer=name)
+    return Explanation("scorecam", maps, goal.record, outputs, layer=name, extras=read.extras())
 
 
 #: by default, Ablation-CAM's copies of one layer output per pass stay within this many elements
@@ -66,22 +71,24 @@ def scorecam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, 
 ABLATION_ELEMENTS = 2 ** 24
 
 
-@register("ablationcam", needs={ACTIVATIONS, REPLACE_LAYER}, kind=CAM, layer=ONE_LAYER,
+@register("ablationcam", needs={ACTIVATIONS, REPLACE_LAYER}, kind=CAM, layer=ONE_LAYER, options=[RESHAPE],
           not_exportable="it runs the network on from the layer once per channel, and the explainer does not "
           "write that network twice yet")
-def ablationcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,
+def ablationcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *, reshape: ReshapeSpec = None,
                 batch_size: Optional[int] = None) -> Explanation:
     """Ablation-CAM (Desai & Ramaswamy 2020): ``ReLU(sum_k w_k A_k)``, ``w_k`` the score's relative drop with channel k zeroed.
 
     The network runs on from the layer with one channel zeroed per copy, ``batch_size`` copies at a
     time (by default up to 64, as the layer's size allows), the part before the layer once per image
     and batch (so a small ``batch_size`` costs more than a forward-only method's). Channels that are
-    already all zero change nothing and are not run.
+    already all zero change nothing and are not run. On token tensors a channel is zeroed at the
+    grid's tokens (the map ``A_k``), not at the class / register tokens that are dropped from it.
     """
     batch = forward_batch(backend, batch_size, x)
-    name, activations, outputs, goal = _layer_activations(backend, x, target, layer, batch, "ablationcam")
+    name, raw, outputs, goal, read = _layer_activations(backend, x, target, layer, batch, "ablationcam", reshape)
+    reading, activations = read.reading(name, raw), read.activation(name, raw)
     if batch_size is None:  # copies run only the network after the layer: more per pass, within a budget
-        batch = max(batch, min(64, ABLATION_ELEMENTS // max(1, activations[0].size)))
+        batch = max(batch, min(64, ABLATION_ELEMENTS // max(1, raw[0].size)))
     clean = goal.score(outputs, np.arange(len(x)))
     ablated = np.repeat(clean[:, None], activations.shape[1], axis=1)
     owners, channels = np.nonzero(np.abs(activations).max(axis=(2, 3)) > 0)
@@ -89,14 +96,14 @@ def ablationcam(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpe
         for sl in batches(len(owners), batch):
             for n in np.unique(owners[sl]):  # each image's copies meet its one pass at the layer
                 mine = channels[sl][owners[sl] == n]
-                values = np.repeat(activations[n:n + 1], len(mine), axis=0)
-                values[np.arange(len(mine)), mine] = 0
+                values = np.repeat(raw[n:n + 1], len(mine), axis=0)
+                reading.zero_channels(values, mine)
                 scores = backend.replaced(x[n:n + 1], name, values)
                 ablated[n, mine] = goal.score(scores, np.full(len(mine), n))
             advance(sl.stop - sl.start)
     weights = cam_ops.ablation_weights(clean, ablated)
     maps = resize_bilinear(cam_ops.weighted_sum(activations, weights), x.shape[2:])
-    return Explanation("ablationcam", maps, goal.record, outputs, layer=name)
+    return Explanation("ablationcam", maps, goal.record, outputs, layer=name, extras=read.extras())
 
 
 def _incremental_flag(value: Any) -> bool:

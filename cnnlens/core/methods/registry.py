@@ -14,6 +14,7 @@ import numpy as np
 
 from ..backend import check_capabilities
 from ..errors import InvalidInputError, UnknownMethodError
+from ..tokens import parse_reshape
 
 #: kinds of map: an attribution over the input's pixels and channels (N, C, H, W); a CAM-like
 #: heatmap over the image (N, H, W); a layer's activations (N, K, h, w)
@@ -128,6 +129,11 @@ def one_of(name: str, choices: Sequence[str]) -> Callable[[Any], str]:
     return check
 
 
+def _reshape(value: Any) -> Any:
+    parse_reshape(value)  # checked here, read per layer by core.tokens.read_as_maps
+    return value
+
+
 def seed_value(value: Any) -> Optional[int]:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
         raise InvalidInputError(f"seed must be a non-negative int or None, got {value!r}")
@@ -140,6 +146,10 @@ BATCH_SIZE = Option("batch_size", None, "images per forward/backward pass (chose
 #: the reference image of occlusion and Integrated Gradients
 BASELINE = Option("baseline", 0.0, "the reference image, a number (Python: also "
                   "one value per channel or a (C, H, W) image) (0)", None, float)
+#: how a layer's output is laid out where cnnlens cannot tell (tokens, channels-last maps): core.tokens
+RESHAPE = Option("reshape", None, "how the layer's output lays out as maps where cnnlens cannot tell: 'HxW' (the "
+                 "grid), 'drop=D' (leading tokens to drop), 'channels=first|last', comma-separated (Python: also a "
+                 "dict, or a function (N, ...) -> (N, K, h, w)); inferred by default", _reshape, str)
 #: the seed of the methods that draw random numbers
 SEED = Option("seed", 0, "random seed; results do not depend on the batch or the other images (0)", seed_value, int)
 

@@ -59,6 +59,10 @@ def build_explainer(view: ModelView, requests: Sequence[MethodRequest], target: 
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     build = Build(view, target)
+    for request in requests:
+        if "reshape" in request.options:  # the methods that read layers as maps
+            for layer in request.layers:
+                build.read_layer(layer, request.options["reshape"], request.name)
     try:
         compute_gradients(build, requests)
         maps: Dict[str, Tuple[str, Tuple]] = {}

@@ -4,12 +4,13 @@ target (as gradient rows and, for classes, indices), and tensors re-laid out NCH
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 from onnx import TensorProto, helper
 
-from ....core.errors import TargetError
+from ....core.errors import LayerError, TargetError, UnsupportedError
+from ....core.tokens import MapReading, Reshape, ReshapeSpec, read_as_maps
 from ..autodiff import Emitter, class_rows, predicted_classes, taken_names
 from ..view import ModelView
 
@@ -45,6 +46,8 @@ class Build:
         self.valid: Optional[str] = None    # float (N,): 1 where the fed class is in range, else NaN
         self.weights: Optional[str] = None  # the fed output weights
         self._nchw: Dict[str, str] = {}
+        #: the layers' tensors and how each reads as (N, K, h, w) maps (tokens, channels-last maps)
+        self.readings: Dict[str, MapReading] = {}
         self.seed = self._target(target)
         self.gradients: Dict[Tuple[str, str], str] = {}  # (ReLU rule, tensor) -> gradient, NCHW
 
@@ -101,7 +104,44 @@ class Build:
             value = self.e.op("Cast", [value], to=TensorProto.FLOAT)
         if tensor in self.view.nhwc and len(self.view.shape(tensor) or ()) == 4:
             value = self.e.op("Transpose", [value], perm=[0, 3, 1, 2])
-        return value
+        reading = self.readings.get(tensor)
+        return value if reading is None or reading.plain else self._as_maps(value, reading)
+
+    def read_layer(self, layer: str, reshape: ReshapeSpec, method: str) -> None:
+        """Decide how ``layer``'s output reads as maps (as ``cnnlens.explain`` does; ``reshape`` as
+        there, but no function: a file holds no Python), before any head reads it."""
+        tensor = self.tensor(layer)
+        if isinstance(reshape, Reshape) and reshape.function is not None or callable(reshape):
+            raise UnsupportedError("a reshape function cannot be written into an ONNX file: state the layout "
+                                   "(reshape='HxW,drop=D,channels=first|last') instead")
+        shape = self.view.nchw_shape(tensor)
+        if shape is None or any(d is None for d in shape[1:]):
+            raise LayerError(f"layer {layer!r}'s output shape is not known ({shape}), so the explainer cannot lay "
+                             f"it out as maps: name a layer with a fixed shape")
+        reading = read_as_maps(layer, (1,) + tuple(int(d) for d in shape[1:]), self.image[1:], reshape, method,
+                               self._model_grids)
+        if self.readings.setdefault(tensor, reading) != reading:
+            raise LayerError(f"layer {layer!r} is read two ways by the exported methods' reshape options: give "
+                             f"them one")
+
+    def _model_grids(self) -> Set[Tuple[int, int]]:
+        """The (h, w) of every (N, K, h, w) map in the model (its patch embedding's among them)."""
+        shapes = (self.view.nchw_shape(node.output[0]) for node in self.view.graph.data_nodes())
+        return {(int(s[2]), int(s[3])) for s in shapes
+                if s is not None and len(s) == 4 and s[2] is not None and s[3] is not None and s[2] * s[3] > 1}
+
+    def _as_maps(self, value: str, reading: MapReading) -> str:
+        """``MapReading.read`` as ONNX ops."""
+        e, (h, w) = self.e, reading.grid
+        if reading.layout == "NHWC":
+            return e.op("Transpose", [value], perm=[0, 3, 1, 2])
+        token_axis = 1 if reading.layout == "NTC" else 2
+        if reading.drop:
+            value = e.slice(value, [reading.drop], [2 ** 62], [token_axis])
+        if reading.layout == "NTC":
+            grid = e.op("Reshape", [value, e.ints([0, h, w, -1])])
+            return e.op("Transpose", [grid], perm=[0, 3, 1, 2])
+        return e.op("Reshape", [value, e.ints([0, -1, h, w])])
 
     def to_model_layout(self, images: str, e: Optional[Emitter] = None) -> str:
         """NCHW float32 images as the model takes them (its layout and dtype), written by ``e``
@@ -114,8 +154,12 @@ class Build:
         return images
 
     def layer_shape(self, layer: str) -> Tuple[int, ...]:
-        """A layer's (K, h, w) as NCHW."""
-        shape = self.view.nchw_shape(self.tensor(layer))
+        """A layer's (K, h, w) as maps (NCHW)."""
+        tensor = self.tensor(layer)
+        shape = self.view.nchw_shape(tensor)
+        reading = self.readings.get(tensor)
+        if reading is not None:
+            return reading.map_shape((1,) + tuple(int(d) for d in shape[1:]))[1:]  # type: ignore[index,arg-type]
         return tuple(int(d) for d in shape[1:])  # type: ignore[union-attr,arg-type]
 
     def tensor(self, layer: str) -> str:
