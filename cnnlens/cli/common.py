@@ -214,7 +214,7 @@ def add_option_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> No
     for name, (option, methods) in cli_options().items():
         if name in skip:
             continue
-        users = ", ".join(methods) if len(methods) < 6 else "every method"
+        users = "every method" if len(methods) == len(METHODS) else ", ".join(methods)
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=option.cli_type,
                            help=f"{users}: {option.help}")
 

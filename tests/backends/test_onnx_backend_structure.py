@@ -178,3 +178,39 @@ def test_backend_reports_layout_and_image_shape():
     assert "NCHW" in repr(backend)
     model = onnx.load_from_string(_dynamic(WithCumSum("none")))
     assert cnnlens.load(model, layout="NCHW").layout == "NCHW"
+
+
+def test_a_wrapper_whose_container_was_never_called_keeps_its_torch_module_paths(tmp_path):
+    """The legacy exporter records no scope for a container whose forward never runs (a wrapper that
+    calls ``self.inner.body`` itself): ``inner.body.0`` still names the layer, through the one recorded
+    path it ends with (one only: where two recorded paths end alike the name stays unknown)."""
+    from cnnlens.adapters.export import to_onnx
+
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+            self.other = nn.Sequential(nn.Conv2d(4, 4, 1))
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.inner = Inner()
+            self.twin = nn.Sequential(nn.Sequential(nn.Conv2d(4, 4, 1)))
+
+        def forward(self, x):
+            y = self.inner.other(self.inner.body(x))
+            return self.twin(y).mean((2, 3))
+
+    model = Wrapper().eval()
+    path = to_onnx(model, str(tmp_path / "wrapped.onnx"), (3, 12, 12), exporter="legacy")
+    backend = cnnlens.load(path)
+    x = images(2, 3, 12, 12, seed=1)
+    a = cnnlens.explain(model, x, "gradcam", layer="inner.body.0")
+    b = cnnlens.explain(backend, x, "gradcam", layer="inner.body.0")
+    assert np.abs(a.maps).max() > 0 and np.abs(b.maps - a.maps).max() <= 1e-5 * np.abs(a.maps).max()
+    assert backend.resolve_layer("inner.other.0") == backend.resolve_layer("other.0")
+    assert backend.resolve_layer("twin.0.0") != backend.resolve_layer("other.0")
+    with pytest.raises(cnnlens.LayerError, match="unknown layer"):
+        backend.resolve_layer("nothing.body.1.5")  # no recorded path ends like it

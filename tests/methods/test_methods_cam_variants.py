@@ -40,7 +40,7 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa:
 
 import cnnlens  # noqa: E402
 from cnnlens.adapters.export import to_onnx  # noqa: E402
-from tests.helpers import check_per_image, images, one_torch_thread, randomise_batchnorm, rel_err  # noqa: E402
+from tests.helpers import check_per_image, images, one_torch_thread, randomise_batchnorm  # noqa: E402
 
 RTOL = 1e-4
 H, W = 64, 96

@@ -30,7 +30,7 @@ from torch import nn  # noqa: E402
 
 import cnnlens  # noqa: E402
 from cnnlens.adapters.export import to_onnx  # noqa: E402
-from tests.helpers import check_per_image, images, one_torch_thread, randomise_batchnorm, rel_err  # noqa: E402
+from tests.helpers import check_per_image, images, one_torch_thread, randomise_batchnorm  # noqa: E402
 
 RTOL = 1e-4
 RULES = ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]

@@ -151,3 +151,64 @@ def test_the_command_line_takes_a_class_over_a_mask_or_its_region(tmp_path, caps
     assert "give one of --target, --target-weights and --target-class" in capsys.readouterr().err
     assert main(["explain", model, *paths, "-m", "saliency", "--target-mask", str(tmp_path / "mask.npy"), *flat]) == 2
     assert "go with --target-class" in capsys.readouterr().err
+
+
+def test_pytorch_grad_cams_semantic_segmentation_target_gives_the_same_maps():
+    """torchvision's LR-ASPP (seeded random weights, BN statistics drawn) through its ``out`` output:
+    cnnlens's ``segmentation(c)`` against pytorch-grad-cam's ``SemanticSegmentationTarget(c, region)``
+    with the same predicted region, Grad-CAM and HiResCAM at a backbone block (its raw CAM taken
+    before its min-max and cv2 resize, as in test_methods_cam_variants.py)."""
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    torchvision = pytest.importorskip("torchvision")
+    import pytorch_grad_cam.base_cam as pgc_base
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    from tests.helpers import randomise_batchnorm
+    from tests.methods.test_methods_cam_variants import upsample
+
+    torch.manual_seed(0)
+    net = randomise_batchnorm(torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=4), 3).eval()
+
+    class Out(nn.Module):  # pytorch-grad-cam takes a tensor output; cnnlens picks it with output="out"
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)["out"]
+
+    model = Out().eval()
+    x = images(2, 3, 64, 96, seed=9)
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)).numpy()
+    category = int(np.bincount(out.argmax(axis=1).ravel()).argmax())
+    regions = (out.argmax(axis=1) == category).astype(np.float32)
+    assert all(r.any() for r in regions)
+    backend = cnnlens.load(net, output="out")
+    layer = "backbone.14"  # (at backbone.12 the Grad-CAM of this random net is all zero: nothing to compare)
+    recorded = []
+
+    def record(cam, target_size=None):
+        if target_size is not None:
+            recorded.append(np.array(cam, dtype=np.float32, copy=True))
+        return cam
+
+    original = pgc_base.scale_cam_image
+    pgc_base.scale_cam_image = record
+    try:
+        for method, peer in (("gradcam", pgc.GradCAM), ("hirescam", pgc.HiResCAM)):
+            exp = cnnlens.explain(backend, x, method, layer=layer, target=segmentation(category))
+            np.testing.assert_array_equal(exp.target[:, category], regions)
+            recorded.clear()
+            cam = peer(model, [net.backbone[layer.split(".")[1]]])
+            try:
+                cam(torch.from_numpy(x), [SemanticSegmentationTarget(category, r) for r in regions])
+            finally:
+                cam.activations_and_grads.release()
+            ref = upsample(recorded[0], (64, 96))
+            for i in range(len(x)):
+                assert np.abs(ref[i]).max() > 0
+                assert rel_err(exp.maps[i], ref[i]) <= 1e-5, (method, i)
+    finally:
+        pgc_base.scale_cam_image = original

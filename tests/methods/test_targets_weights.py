@@ -16,7 +16,6 @@ plain PyTorch autograd / brute force on
 from __future__ import annotations
 
 import os
-import sys
 import textwrap
 
 import numpy as np

@@ -232,8 +232,25 @@ class OnnxBackend(Passes, ShapeReading):
         node = self.graph.producer.get(name)
         if node is not None and node_name(node) in self.graph.data:
             return node_name(node)
+        node = self._module_by_suffix(name)
+        if node is not None:
+            return node_name(node)
         known = [node_name(n) for n in self.graph.data_nodes()] + self.graph.module_paths()
         raise unknown_layer(name, known)
+
+    def _module_by_suffix(self, name: str) -> Optional[onnx.NodeProto]:
+        """The node of the one recorded module path that ``name`` ends with, after its leading
+        containers: the legacy exporter records no scope for a container whose ``forward`` is never
+        called (a wrapper that calls ``self.detector.backbone`` directly records ``backbone...``,
+        not ``detector.backbone...``). None when no path or several match."""
+        parts = name.split(".")
+        for start in range(1, len(parts)):
+            node = self.graph.node_for_module(".".join(parts[start:]))
+            if node is not None:
+                clash = [p for p in self.graph.module_paths() if p.endswith("." + ".".join(parts[start:]))
+                         and p != name]
+                return node if not clash else None
+        return None
 
     def module_of(self, layer: str) -> str:
         """The torch module whose output a layer computes, as the exporter recorded it."""
