@@ -41,6 +41,9 @@ def prepare(item: Item, job: AuditJob) -> Prepared:
     if job.target == "label" and item.label is None:
         raise InvalidInputError("the image has no label, and --target label explains the label: give it one "
                                 "(a class folder, or the manifest's label column), or explain the prediction")
+    if job.dense == "detection" and item.box is None:
+        raise InvalidInputError("the image has no box, and a detection audit explains the detection at each "
+                                "image's box: give the manifest's top, left, bottom, right columns")
     image = load_image(item.file)
     x = normalize(fit(image, job.size), job.mean, job.std, job.channels)[0]
     box = fit_box(item.box, image.shape[:2], job.size) if item.box is not None else None
@@ -96,13 +99,16 @@ class BatchExplainer:
         self.names = list(class_names) if class_names is not None else None
 
     def check_classifier(self) -> None:
-        """Raise ModelError unless the model's output is (N, classes): one forward pass on a blank image."""
+        """Raise ModelError unless the model's output is (N, classes): one forward pass on a blank image
+        (a dense audit's output is checked by its targets, image by image)."""
         x = np.zeros((1, self.job.channels) + tuple(self.job.size), dtype=np.float32)
         shape = tuple(np.asarray(self.backend.forward(x).logits).shape)
-        if len(shape) != 2:
+        if len(shape) != 2 and self.job.dense is None:
             raise ModelError(f"the model's output has shape {shape}; an audit explains classifiers, whose output "
                              f"is (N, classes): for a model with several outputs, choose the class scores with "
-                             f"--output (cnnlens.audit(..., output=...))")
+                             f"--output (cnnlens.audit(..., output=...)); for a segmenter or a raw detection head, "
+                             f"audit one class with --target-class C (cnnlens.audit(..., target=C, "
+                             f"dense='segmentation' or 'detection'))")
 
     def explain(self, batch: Sequence[Prepared]) -> Piece:
         """Rows for every image and method of ``batch``; a batch that fails is retried image by
@@ -128,19 +134,29 @@ class BatchExplainer:
         names = self.names
         return names[index] if names is not None and index is not None and 0 <= index < len(names) else None
 
+    def _dense_weights(self, batch: Sequence[Prepared], x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Each image's output weights from its own segmentation or detection target (one class
+        and, for a detection, one box per image), made from one forward pass over the batch."""
+        outputs = np.asarray(self.backend.forward(x).logits)
+        rows = [_dense_target(self.job, p, int(c)).weights_for(outputs[i:i + 1]).weights
+                for i, (p, c) in enumerate(zip(batch, classes))]
+        return np.concatenate(rows)
+
     def _rows(self, batch: Sequence[Prepared], method: str) -> Piece:
         x = np.stack([p.x for p in batch])
         labels = [p.item.label for p in batch]
-        target = (None if self.job.target == "predicted" else np.asarray(labels, dtype=np.int64)
-                  if self.job.target == "label" else np.full(len(x), self.job.target, dtype=np.int64))
+        classes = (None if self.job.target == "predicted" else np.asarray(labels, dtype=np.int64)
+                   if self.job.target == "label" else np.full(len(x), self.job.target, dtype=np.int64))
+        target = classes if self.job.dense is None else self._dense_weights(batch, x, classes)
         exp = run(self.backend, x, method, target=target, layer=self.job.layer_for(method),
                   **self.job.method_options(method))
         logits = np.asarray(exp.logits)
-        if logits.ndim != 2:
+        if logits.ndim != 2 and self.job.dense is None:
             raise ModelError(f"the model's output has shape {logits.shape}; an audit explains classifiers, whose "
                              f"output is (N, classes): choose the class scores with --output")
-        predicted = logits.argmax(axis=1)
-        probability = probabilities(logits)[np.arange(len(x)), predicted]
+        if self.job.dense is None:
+            predicted = logits.argmax(axis=1)
+            probability = probabilities(logits)[np.arange(len(x)), predicted]
         boxes = np.array([p.box if p.box is not None else (np.nan,) * 4 for p in batch], dtype=np.float64)
         with _one_blas_thread():
             small, stats = summarise(exp.maps, self.job.map_size, boxes)
@@ -149,12 +165,14 @@ class BatchExplainer:
         layer = exp.layer if isinstance(exp.layer, str) else None
         for i, prepared in enumerate(batch):
             item = prepared.item
-            explained = int(np.asarray(exp.target)[i])
+            explained = int(np.asarray(exp.target)[i] if classes is None else classes[i])
             peak = stats["peak_y"][i] >= 0
+            dense = self.job.dense is not None  # no one predicted class for a whole dense output
             values = {
                 "path": item.path, "method": method, "layer": layer, "label": item.label,
-                "label_name": self._name(item.label), "predicted": int(predicted[i]),
-                "probability": float(probability[i]), "target": explained, "target_name": self._name(explained),
+                "label_name": self._name(item.label), "predicted": None if dense else int(predicted[i]),
+                "probability": None if dense else float(probability[i]), "target": explained,
+                "target_name": self._name(explained),
                 "peak_y": int(stats["peak_y"][i]) if peak else None, "peak_x": int(stats["peak_x"][i]) if peak else None,
                 "border_share": float(stats["border_share"][i]), "entropy": float(stats["entropy"][i]),
                 "energy_in_box": float(stats["energy_in_box"][i]),
@@ -165,6 +183,16 @@ class BatchExplainer:
                 piece.columns[name].append(value)
             piece.indices.append(item.index)
         return piece
+
+
+def _dense_target(job: AuditJob, prepared: Prepared, category: int) -> Any:
+    """The ``cnnlens.targets`` target of one image of a dense audit."""
+    from ..targets import detection, segmentation
+
+    if job.dense == "segmentation":
+        return segmentation(category)
+    top, left, bottom, right = prepared.box  # type: ignore[misc]  # prepare() refused images without one
+    return detection((left, top, right, bottom), category, iou=job.iou)
 
 
 def shard_table(piece: Piece, job: AuditJob) -> Any:

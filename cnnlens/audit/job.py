@@ -19,11 +19,16 @@ from .sources import Item
 
 #: ``--target``: what each image's map explains (or a class index: that class for every image).
 TARGETS = ("predicted", "label")
+#: ``dense``: the explained class is a segmentation class over its predicted region, or a detection
+#: at the image's box (the manifest's), as ``cnnlens.targets.segmentation`` / ``detection`` make them
+DENSE = ("segmentation", "detection")
 
 
-def describe_target(target: Union[str, int]) -> str:
+def describe_target(target: Union[str, int], dense: Optional[str] = None) -> str:
     """What an audit's maps explain, in words."""
-    return {"predicted": "the predicted class", "label": "the label"}.get(str(target), f"class {target}")
+    what = {"predicted": "the predicted class", "label": "the label"}.get(str(target), f"class {target}")
+    return {"segmentation": f"{what} over its predicted region", "detection": f"{what} at each image's box"}.get(
+        str(dense), what)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +40,10 @@ class AuditJob:
     its options; ``size`` (H, W), ``mean``, ``std``, ``channels``: preprocessing, as
     ``cnnlens explain`` does it; ``map_size``: the stored maps' side; ``target``: "predicted"
     (explain the predicted class), "label", or a class index (that class on every image, as
-    ``cnnlens explain --target``); ``batch_size``: images per model batch;
+    ``cnnlens explain --target``); ``dense``: None for a classifier, "segmentation" (the class's
+    score over the region the model predicts for it) or "detection" (the class at the anchors of a
+    raw detection head near the image's box, IoU >= ``iou``) — the class then comes from
+    ``target``, a class index or "label"; ``batch_size``: images per model batch;
     ``shard_size``: images per results file; ``max_cluster_maps``: most maps per (method,
     class) that go into the spectral clustering (the rest join their nearest cluster);
     ``max_clusters``: the eigengap looks at most this many clusters; ``seed``: the clustering's.
@@ -50,6 +58,8 @@ class AuditJob:
     channels: int = 3
     map_size: int = 56
     target: Union[str, int] = "predicted"
+    dense: Optional[str] = None
+    iou: float = 0.5
     batch_size: int = 32
     shard_size: int = 256
     max_cluster_maps: int = 5000
@@ -71,6 +81,13 @@ class AuditJob:
             object.__setattr__(self, "target", int(self.target))
         elif self.target not in TARGETS:
             raise InvalidInputError(f"target must be one of {TARGETS} or a class index, got {self.target!r}")
+        if self.dense is not None and self.dense not in DENSE:
+            raise InvalidInputError(f"dense must be None or one of {DENSE}, got {self.dense!r}")
+        if self.dense is not None and self.target == "predicted":
+            raise InvalidInputError(f"a {self.dense} audit explains one class per image: give the class "
+                                    f"(--target-class C) or the label (--target-class label)")
+        if isinstance(self.iou, bool) or not isinstance(self.iou, (int, float)) or not 0 < self.iou <= 1:
+            raise InvalidInputError(f"iou must be in (0, 1], got {self.iou!r}")
         for name in ("map_size", "batch_size", "shard_size", "max_cluster_maps", "max_clusters"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

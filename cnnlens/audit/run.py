@@ -50,7 +50,8 @@ class AuditResult:
 def audit(model: Any, data: Union[str, "os.PathLike[str]"], out: Union[str, "os.PathLike[str]"],
           methods: Sequence[str] = ("gradcam",), *, engine: str = "local", labels: Union[None, str, Sequence[str]] = None,
           size: Optional[Tuple[int, int]] = None, mean: Optional[Sequence[float]] = None,
-          std: Optional[Sequence[float]] = None, target: Union[str, int] = "predicted", layer: Optional[str] = None,
+          std: Optional[Sequence[float]] = None, target: Union[str, int] = "predicted",
+          dense: Optional[str] = None, iou: float = 0.5, layer: Optional[str] = None,
           options: Optional[Dict[str, Dict[str, Any]]] = None, batch_size: int = 32, map_size: int = 56,
           shard_size: int = 256, max_cluster_maps: int = 5000, max_clusters: int = 8, seed: int = 0,
           overwrite: bool = False, report: bool = True, ray_address: Optional[str] = None,
@@ -64,7 +65,10 @@ def audit(model: Any, data: Union[str, "os.PathLike[str]"], out: Union[str, "os.
     ``label`` and ``top, left, bottom, right`` box columns. ``out``: the folder written (see the
     documentation's docs/guides/audit.md). ``labels``: class names in the model's order (a file with one
     per line, or a list). ``size``/``mean``/``std``: preprocessing (default: the ONNX input's size,
-    else 224 x 224; ImageNet statistics). ``target``: "predicted", "label" or a class index. ``layer`` and
+    else 224 x 224; ImageNet statistics). ``target``: "predicted", "label" or a class index; ``dense``:
+    for a segmenter "segmentation" (the class over its predicted region), for a raw detection head
+    "detection" (the class at each image's manifest box, IoU >= ``iou``), the class from ``target``
+    (an index or "label"). ``layer`` and
     ``options`` (per method): as for :func:`cnnlens.explain`. ``engine``: "local" or "ray"
     (``ray_address``: a cluster to join, "auto" for the running one; by default a local instance
     with ``ray_cpus`` CPUs, shut down at the end; ``ray_actors``: model replicas). A rerun into
@@ -82,7 +86,7 @@ def audit(model: Any, data: Union[str, "os.PathLike[str]"], out: Union[str, "os.
     channels, fitted = input_geometry(backend, size)
     job = AuditJob(methods=tuple(methods), layer=layer, options=freeze_options(options), size=tuple(fitted),
                    mean=tuple(mean or IMAGENET_MEAN), std=tuple(std or IMAGENET_STD), channels=channels,
-                   map_size=map_size, target=target, batch_size=batch_size, shard_size=shard_size,
+                   map_size=map_size, target=target, dense=dense, iou=iou, batch_size=batch_size, shard_size=shard_size,
                    max_cluster_maps=max_cluster_maps, max_clusters=max_clusters, seed=seed)
     explainer = BatchExplainer(backend, job, source.class_names)
     explainer.check_classifier()
@@ -162,7 +166,7 @@ def _finish(store: ShardStore, source: DataSource, job: AuditJob, name: str, eng
     cluster_seconds = time.perf_counter() - cluster_started
     summary = {
         "model": name, "data": source.description, "engine": engine, "methods": list(job.methods),
-        "target": job.target, "map_size": job.map_size, "input_size": list(job.size),
+        "target": job.target, "dense": job.dense, "map_size": job.map_size, "input_size": list(job.size),
         "images": len(source.items), "explained": explained, "failed_images": len({e["path"] for e in errors}),
         "errors": len(errors), "rows": rows, "shards": len(records), "shards_resumed": resumed,
         "seconds": {"explain": round(explain_seconds, 3), "cluster": round(cluster_seconds, 3)},
@@ -178,7 +182,7 @@ def _finish(store: ShardStore, source: DataSource, job: AuditJob, name: str, eng
         report_started = time.perf_counter()
         meta = {"model": name, "data": source.description, "methods": ", ".join(job.methods),
                 "explained": f"{explained} of {len(source.items)} images ({len(errors)} errors in errors.csv)",
-                "target": describe_target(job.target)}
+                "target": describe_target(job.target, job.dense)}
         write_audit_report(store.output("report.html"), groups, input_size=job.size, title=f"cnnlens audit: {name}",
                            meta=meta)
         summary["seconds"]["report"] = round(time.perf_counter() - report_started, 3)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Union
+from typing import Any, Optional, Tuple, Union
 
 from ..audit.job import TARGETS
 from ..audit.run import audit
@@ -25,6 +25,26 @@ def audit_target(text: str) -> Union[str, int]:
     return value
 
 
+def audit_class(text: str) -> Union[str, int]:
+    """--target-class: a class index or "label"."""
+    value = audit_target(text)
+    if value == "predicted":
+        raise argparse.ArgumentTypeError("give a class index or label: a dense output has no one predicted class")
+    return value
+
+
+def dense_target(args: argparse.Namespace) -> Tuple[Union[str, int], Optional[str]]:
+    """(target, dense) from --target, or --target-class with --target-boxes."""
+    if args.target_class is None:
+        if args.target_boxes:
+            raise InvalidInputError("--target-boxes goes with --target-class C (or label), the class to explain")
+        return args.target or "predicted", None
+    if args.target is not None:
+        raise InvalidInputError("give --target (a classifier's class) or --target-class (a segmenter's or "
+                                "detector's), not both")
+    return args.target_class, "detection" if args.target_boxes else "segmentation"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``cnnlens audit``; print the counts and each group's clusters."""
     backend = load_model(args.model, args.device, args)
@@ -34,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--layer is given {len(args.layer)} times: an audit maps one layer per method "
                                 f"(run one audit per layer)")
     options = {m: {k: v for k, v in method_options(m, args).items() if k != "batch_size"} for m in methods}
+    target, dense = dense_target(args)
     result = audit(backend, args.data, args.out, methods, engine=args.engine, labels=args.labels,
-                   size=tuple(args.size) if args.size else None, mean=args.mean, std=args.std, target=args.target,
+                   size=tuple(args.size) if args.size else None, mean=args.mean, std=args.std, target=target,
+                   dense=dense, iou=args.target_iou,
                    layer=args.layer[0] if args.layer else None, options={m: o for m, o in options.items() if o}, batch_size=args.batch_size,
                    map_size=args.map_size, shard_size=args.shard_size, max_cluster_maps=args.max_cluster_maps,
                    seed=args.cluster_seed, overwrite=args.overwrite, report=not args.no_report,
@@ -65,8 +87,17 @@ def add(sub: Any) -> None:
     p.add_argument("--layer", "-l", action="append", metavar="L",
                    help="the CAM family's layer (default: the last spatial layer); one layer per audit")
     p.add_argument("--labels", help="class names in the model's order, one per line")
-    p.add_argument("--target", "-t", type=audit_target, default="predicted", metavar="predicted|label|CLASS",
+    p.add_argument("--target", "-t", type=audit_target, default=None, metavar="predicted|label|CLASS",
                    help="explain each image's predicted class (default), its label, or one class for every image")
+    p.add_argument("--target-class", type=audit_class, metavar="CLASS|label",
+                   help="a segmenter: explain this class (or each image's label) over the region the model "
+                   "predicts for it; with --target-boxes, a raw detection head (N, 4 + classes, anchors): the "
+                   "class at each image's box")
+    p.add_argument("--target-boxes", action="store_true",
+                   help="with --target-class: explain the detection at each image's box (the manifest's top, "
+                   "left, bottom, right)")
+    p.add_argument("--target-iou", type=float, default=0.5, metavar="IOU",
+                   help="with --target-boxes: the anchors whose box overlaps the image's with IoU >= this (0.5)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model batch (32)")
     p.add_argument("--map-size", type=int, default=56, metavar="S", help="side of the stored maps (56)")
     p.add_argument("--shard-size", type=int, default=256, metavar="N", help="images per results file (256)")
