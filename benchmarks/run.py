@@ -27,7 +27,8 @@ sys.path.insert(0, HERE)
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer images and repeats (under 5 minutes on 2 CPU cores)")
-    p.add_argument("--workloads", nargs="+", default=["resnet50", "small"], choices=["resnet50", "small"])
+    p.add_argument("--workloads", nargs="+", default=["resnet50", "small", "deeplabv3", "vit"],
+                   choices=["resnet50", "small", "deeplabv3", "vit"])
     p.add_argument("--methods", nargs="+", default=None, help="only these cnnlens methods")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when there is one")
     p.add_argument("--no-peers", action="store_true", help="measure cnnlens and the floors only")

@@ -30,7 +30,7 @@ class Case:
     peer_images: int = 0
 
 
-def _explain(x: np.ndarray, targets: List[int], method: str, layer: Any = None, **options: Any) -> Callable[[Any], Any]:
+def _explain(x: np.ndarray, targets: Any, method: str, layer: Any = None, **options: Any) -> Callable[[Any], Any]:
     import cnnlens
 
     def run(model: Any) -> Any:
@@ -110,6 +110,10 @@ def cases(w: Workload, backend: str, capabilities: frozenset, channels: int, bat
     p = positions(size, w.occlusion["window"], w.occlusion["stride"]) ** 2
     rows.append(Case("occlusion", "occlusion", m, _explain(x[:m], t[:m], "occlusion", **w.occlusion), ("forward", None),
                      m * (p + 1), "occlusion", dict(w.occlusion), m))
+    if w.methods is not None:
+        rows = [row for row in rows if row.method in w.methods]
+    if not w.peers:
+        rows = [replace(row, peer_method=None) for row in rows]
     if backend == "onnx":  # one forward pass per image is all ONNX Runtime offers as a floor
         rows = [row if row.floor[0] == "forward" else replace(row, floor=("forward", None), peer_method=None)
                 for row in rows]

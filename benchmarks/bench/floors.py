@@ -38,7 +38,9 @@ def torch_backward(model: Any, x: Any, targets: Any, batch: int, modules: Option
             for sl in _slices(len(x), batch):
                 captured.clear()
                 xs = x[sl].detach().clone().requires_grad_(modules is None)
-                scores = model(xs).gather(1, targets[sl, None]).sum()
+                out = model(xs)  # class targets pick one score per image; output weights weigh them all
+                scores = out.gather(1, targets[sl, None]).sum() if not targets.is_floating_point() else \
+                    (out * targets[sl]).sum()
                 torch.autograd.grad(scores, [xs] if modules is None else list(captured))
         finally:
             for h in handles:

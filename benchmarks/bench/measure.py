@@ -78,7 +78,7 @@ class WorkloadRun:
         self.sync = synchronizer(device)
         self.gpu = device.startswith("cuda")
         self.x = torch.from_numpy(w.images).to(device)
-        self.t = torch.tensor(w.targets, device=device)
+        self.t = torch.as_tensor(np.asarray(w.targets), device=device)  # classes (int64) or output weights
         self.torch_backend = cnnlens.load(w.model)
         shape = tuple(w.images.shape[1:])
         layer = {l.name: l for l in cnnlens.layers(w.model, shape)}[w.layer]

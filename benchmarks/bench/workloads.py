@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -15,7 +15,7 @@ class Workload:
     name: str
     model: Any                     # torch.nn.Module in eval mode, on its device
     images: np.ndarray             # (N, C, H, W) float32
-    targets: List[int]             # the class explained per image (the model's prediction)
+    targets: Any                   # the class explained per image (the model's prediction), or output weights
     layer: str                     # the CAM layer (module path)
     ten_layers: List[str]          # ten spatial layers, shallow to deep, for multi-layer Grad-CAM
     occlusion: Dict[str, int]      # window, stride
@@ -28,6 +28,8 @@ class Workload:
     integrated: Dict[str, int] = field(default_factory=lambda: dict(images=0, steps=8))  # images (0: skip), steps
     rise: Dict[str, int] = field(default_factory=lambda: dict(images=0, masks=100))      # images (0: skip), masks
     notes: List[str] = field(default_factory=list)
+    methods: Optional[Tuple[str, ...]] = None  # only these rows (None: every method)
+    peers: bool = True             # whether the peers can be asked (they take class targets only)
 
 
 def spread(names: List[str], count: int) -> List[str]:
@@ -123,4 +125,72 @@ def small(quick: bool, device: str) -> Workload:
     )
 
 
-WORKLOADS = {"resnet50": resnet50, "small": small}
+class _Out:
+    """Wraps a torchvision segmentation model into one returning its ``out`` tensor."""
+
+    @staticmethod
+    def wrap(model: Any) -> Any:
+        import torch
+
+        class Out(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = model
+
+            def forward(self, x: Any) -> Any:
+                return self.net(x)["out"]
+        return Out().eval()
+
+
+def deeplabv3(quick: bool, device: str) -> Workload:
+    """torchvision's DeepLabV3 (MobileNetV3-Large) with seeded random weights at 520 x 520 (its
+    size), explained for one class over its predicted region (``cnnlens.targets.segmentation``)."""
+    import torch
+    import torchvision
+
+    import cnnlens
+    from cnnlens.targets import segmentation
+
+    torch.manual_seed(0)
+    net = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                        num_classes=21, aux_loss=False)
+    model = _Out.wrap(net).to(device)
+    gpu = device.startswith("cuda")
+    n = (8 if gpu else 2) if quick else (32 if gpu else 4)
+    x = _images(n, 520, seed=3)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(x).to(device)).cpu().numpy()
+    category = int(np.bincount(out.argmax(axis=1).ravel()).argmax())  # predicted in every image here
+    weights = segmentation(category).weights_for(out).weights
+    layer = "net.backbone.16"
+    assert cnnlens.layers(model, (3, 520, 520))  # traceable
+    return Workload(
+        name="deeplabv3-mobilenet", model=model, images=x, targets=weights, layer=layer, ten_layers=[layer],
+        occlusion=dict(window=104, stride=104), occlusion_images=0, smoothgrad=dict(samples=2, noise=0.1),
+        scorecam_images=0, repeats=3 if quick else 5, budget=8.0 if quick else 30.0, onnx=_export(model, 520, device),
+        methods=("gradcam", "saliency"), peers=False,
+        notes=[f"class {category} over its predicted region (cnnlens.targets.segmentation)"],
+    )
+
+
+def vit(quick: bool, device: str) -> Workload:
+    """timm's ViT-S/16 with seeded random weights at 224 x 224, Grad-CAM at the last block's first
+    norm: tokens (N, 197, 384) laid out as a 14 x 14 grid."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False).eval().to(device)
+    gpu = device.startswith("cuda")
+    n = (16 if gpu else 4) if quick else (64 if gpu else 8)
+    x = _images(n, 224, seed=4)
+    layer = "blocks.11.norm1"
+    return Workload(
+        name="vit-small", model=model, images=x, targets=_predictions(model, x, device), layer=layer,
+        ten_layers=[layer], occlusion=dict(window=56, stride=56), occlusion_images=0,
+        smoothgrad=dict(samples=2, noise=0.1), scorecam_images=0, repeats=3 if quick else 5,
+        budget=8.0 if quick else 30.0, onnx=_export(model, 224, device), methods=("gradcam", "saliency"),
+    )
+
+
+WORKLOADS = {"resnet50": resnet50, "small": small, "deeplabv3": deeplabv3, "vit": vit}
