@@ -9,7 +9,8 @@ axes (``h`` is ``H / s`` rounded down or up, ``w`` likewise) — which is what a
 makes. On a square image that means a square grid, and for grids of 4 x 4 and more exactly one
 ``e`` can work (the squares ``n^2`` and ``n^2 + e`` are at least ``2n + 1`` apart). Where tokens
 fit along both axes (a non-square image has many grids), the grids of the model's own maps (its
-patch embedding's) decide. Where that is not enough, the user
+patch embedding's) decide, and where both still fit, (N, T, C) — what transformer blocks emit — is
+read (``exp.extras["layer_reading"]`` says so; ``channels=first`` says otherwise). Where that is not enough, the user
 states it: ``reshape="14x14,drop=1,channels=last"`` (or a dict of the same, or a function
 ``(N, ...) -> (N, K, h, w)`` applied to activations and gradients alike, like pytorch-grad-cam's
 ``reshape_transform``).
@@ -225,7 +226,7 @@ def read_as_maps(name: str, shape: Sequence[int], image: Tuple[int, int], reshap
     """How layer ``name``'s output of ``shape`` (batch first) reads as (N, K, h, w) maps for images
     of ``image`` (H, W) pixels; a LayerError saying what to state when it cannot be told. Where
     tokens fit a grid along both axes, ``model_grids()`` (the grids of the model's own spatial
-    maps: its patch embedding's) says which. A 4-D output is read NCHW when neither reading has the
+    maps: its patch embedding's) says which, else (N, T, C) is read. A 4-D output is read NCHW when neither reading has the
     image's shape, unless the layer is the backend's default (``defaulted``): then it is no map
     (a transformer's (N, heads, T, d) attention tensor) and the user is asked to name one."""
     spec = parse_reshape(reshape)
@@ -260,13 +261,10 @@ def read_as_maps(name: str, shape: Sequence[int], image: Tuple[int, int], reshap
         if len(found) > 1 and model_grids is not None:
             known = model_grids()
             found = {layout: fit for layout, fit in found.items() if fit[0] in known} or found
-        if len(found) == 1:
-            layout, (grid, drop) = next(iter(found.items()))
+        if found:  # still both: (N, T, C), what transformer blocks emit (exp.extras says which was read)
+            layout = "NTC" if "NTC" in found else next(iter(found))
+            grid, drop = found[layout]
             return MapReading(layout, grid, drop)
-        if found:
-            raise LayerError(f"layer {name!r} outputs tokens {shape} that fit a grid along either axis: say "
-                             f"which axis holds the channels with reshape='channels=last' (N, T, C) or "
-                             f"'channels=first' (N, C, T)")
         what = "the stated grid does not match" if spec.grid else "no grid of patches of the"
         raise LayerError(f"layer {name!r} outputs {shape}: {what} {image[0]}x{image[1]} image's tokens (after "
                          f"dropping up to {MAX_EXTRA_TOKENS} leading ones), so {method} cannot lay them out: {hint}")

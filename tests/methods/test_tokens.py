@@ -90,13 +90,15 @@ def test_inferred_reading(shape, image, layout, grid, drop):
 def test_non_square_vit_grid_is_found_and_disambiguated_by_the_models_own_grids():
     # 96 x 160 at patch 16: 6 x 10 + a class token (61 tokens) of 192 channels. 192 - 5 = 187 = 11 x 17
     # is also close to 3:5, so both axes fit: the model's patch-embedding grid (6, 10) decides.
-    with pytest.raises(LayerError, match="either axis"):
-        read_as_maps("blocks.11.norm1", (2, 61, 192), (96, 160), None, "gradcam")
     asked = []
     reading = read_as_maps("blocks.11.norm1", (2, 61, 192), (96, 160), None, "gradcam",
                            model_grids=lambda: asked.append(1) or {(6, 10), (1, 1)})
     assert (reading.layout, reading.grid, reading.drop) == ("NTC", (6, 10), 1)
     assert asked == [1]
+    # where both still fit, (N, T, C): 17 tokens of 16 channels on a 4 x 4 grid of a 32 px image
+    reading = read_as_maps("b", (2, 17, 16), (32, 32), None, "gradcam", model_grids=lambda: {(4, 4)})
+    assert (reading.layout, reading.grid, reading.drop) == ("NTC", (4, 4), 1)
+    assert read_as_maps("b", (2, 17, 16), (32, 32), "channels=first", "gradcam").layout == "NCT"
     # an unambiguous shape never asks for the model's grids (they cost a trace)
     read_as_maps("x", (2, 197, 768), (224, 224), None, "gradcam", model_grids=lambda: asked.append(2) or set())
     assert asked == [1]
