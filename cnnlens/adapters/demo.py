@@ -3,7 +3,8 @@
 Generates circles-and-squares images (seeds 000/001), trains a small torchvision DenseNet on
 the CPU (cached in the output folder for reruns), exports it to ONNX and TorchScript, explains
 held-out images with every method on the torch backend and the forward-only methods on the
-ONNX backend, and writes the report, the figures, ``summary.json`` and a table of the
+ONNX backend, explains a segmentation head over the same features for the square class (torch and
+ONNX, ``demo_segmentation``), and writes the report, the figures, ``summary.json`` and a table of the
 pointing game (the fraction of held-out positives whose map peaks inside the square) and the
 seconds each method took.
 """
@@ -25,6 +26,8 @@ from ..core.methods import LAYER_MAP, METHODS, run
 from ..core.methods.support import runs
 from ..core.sanity import deletion_insertion_auc, randomisation_test
 from . import render, synthetic
+from .demo_segmentation import QUICK as SEGMENTATION_QUICK
+from .demo_segmentation import SegmentationConfig, run_segmentation
 from .export import to_onnx, to_torchscript
 from .files import atomic_path
 from .report import write_report
@@ -64,6 +67,7 @@ class DemoConfig(TrainingConfig):
     deletion_steps: int = 16                  # points on the deletion / insertion curves
     randomisation_images: int = 8             # held-out positives for the randomisation test
     randomisation_steps: int = 8              # cascade points reported (evenly spread, top first)
+    segmentation: SegmentationConfig = SegmentationConfig()  # the segmentation case (its head is trained each run)
 
     def key(self) -> str:
         text = json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k in TRAINING_FIELDS}, sort_keys=True)
@@ -71,7 +75,8 @@ class DemoConfig(TrainingConfig):
 
 
 QUICK = DemoConfig(train_images=600, epochs=3, held_out=24, pointing_images=6, report_images=(2, 1),
-                   smoothgrad_samples=4, rise_masks=50, deletion_steps=4, randomisation_images=2, randomisation_steps=2)
+                   smoothgrad_samples=4, rise_masks=50, deletion_steps=4, randomisation_images=2, randomisation_steps=2,
+                   segmentation=SEGMENTATION_QUICK)
 
 
 def _options(config: DemoConfig) -> Dict[str, Dict[str, Any]]:
@@ -250,15 +255,17 @@ def run_demo(out: str = "cnnlens-demo", quick: bool = False, config: Optional[De
     report_results = {m: (exp, "", per_image[m] * len(shown)) for m, exp in shown_exps.items()}
     notes = {row["method"]: _notes(row) for row in table if row["backend"] == "torch" and row is not random_map}
     notes["random map (reference)"] = _notes(random_map)
+    segmentation, section = run_segmentation(out, model, data, positives, config.segmentation, _say)
     write_report(os.path.join(out, "report.html"), torch_backend, x_all[shown], data.images[shown],
                  names=input_names, labels=["no square", "square"], results=report_results, notes=notes,
-                 title=f"cnnlens demo: a DenseNet on circles and squares (accuracy {accuracy:.3f})")
+                 title=f"cnnlens demo: a DenseNet on circles and squares (accuracy {accuracy:.3f})", sections=[section])
 
     explainer = _export_explainer(out, onnx_path, onnx_backend, x_all[shown])
 
     summary = {
         "accuracy": accuracy,
         "explainer": explainer,
+        "segmentation": segmentation,
         "pointing_game": {r["method"]: r["pointing_game"] for r in table
                           if r["backend"] == "torch" and r["pointing_game"] is not None and r["method"] in METHODS},
         "random_map": {k: random_map[k] for k in ("pointing_game", "deletion_auc", "insertion_auc")},

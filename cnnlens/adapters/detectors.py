@@ -22,26 +22,26 @@ from ..core.errors import ModelError
 KNOWN = ("RetinaNet", "SSD")
 
 
-def raw_detections(model: Any) -> Any:
-    """``model`` (a torchvision RetinaNet, SSD or SSDlite) as an ``nn.Module`` returning (N, 4 +
+def raw_detections(detector: Any) -> Any:
+    """``detector`` (a torchvision RetinaNet, SSD or SSDlite) as an ``nn.Module`` returning (N, 4 +
     classes, anchors) — boxes (cx, cy, w, h) in input pixels, then raw class logits — for
     ``cnnlens.targets.detection``. It shares the model's modules (nothing is copied) and takes images
     in [0, 1] as the model does, at their own size (for SSD, the size the model was built for)."""
     import torch
     from torch import nn
 
-    kind = next((k for k in KNOWN if any(c.__name__ == k for c in type(model).__mro__)), None)
-    if kind is None or not all(hasattr(model, n) for n in ("backbone", "head", "anchor_generator", "box_coder",
-                                                               "transform")):
-        raise ModelError(f"raw_detections takes a torchvision RetinaNet, SSD or SSDlite, got {type(model).__name__}: "
+    kind = next((k for k in KNOWN if any(c.__name__ == k for c in type(detector).__mro__)), None)
+    parts = ("backbone", "head", "anchor_generator", "box_coder", "transform")
+    if kind is None or not all(hasattr(detector, n) for n in parts):
+        raise ModelError(f"raw_detections takes a torchvision RetinaNet, SSD or SSDlite, got {type(detector).__name__}: "
                          f"for another detector, give cnnlens its raw head output (N, 4 + classes, anchors) yourself")
 
     class RawDetections(nn.Module):
         """(N, 4 + classes, anchors): decoded boxes (cx, cy, w, h) and raw class logits, before NMS."""
 
-        def __init__(self, detector: nn.Module):
+        def __init__(self, inner: nn.Module):
             super().__init__()
-            self.detector = detector
+            self.detector = inner
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             from torchvision.models.detection.image_list import ImageList
@@ -62,6 +62,6 @@ def raw_detections(model: Any) -> Any:
             size = boxes[..., 2:] - boxes[..., :2]
             return torch.cat([centre, size, head["cls_logits"]], dim=2).transpose(1, 2)
 
-    wrapper = RawDetections(model)
-    wrapper.training = model.training  # the wrapper's own flag only: the model is left as it is
+    wrapper = RawDetections(detector)
+    wrapper.training = detector.training  # the wrapper's own flag only: the detector is left as it is
     return wrapper

@@ -109,13 +109,14 @@ def write_report(path: str, backend: Backend, x: np.ndarray, display: np.ndarray
                  methods: Optional[Sequence[str]] = None, labels: Optional[Sequence[str]] = None,
                  title: str = "cnnlens report", options: Optional[Dict[str, Dict[str, Any]]] = None,
                  results: Optional[Dict[str, Tuple[Optional[Explanation], str, float]]] = None,
-                 notes: Optional[Dict[str, Dict[str, str]]] = None) -> None:
+                 notes: Optional[Dict[str, Dict[str, str]]] = None, sections: Sequence[str] = ()) -> None:
     """Write the report for images ``x`` (preprocessed) shown as ``display`` (uint8 N, H, W, 3).
 
     ``methods`` defaults to every method the backend runs; ``options`` maps a method to its
     options; ``results`` may pass explanations already computed (as :func:`explain_all`
     returns them); ``notes`` adds per-method figures to the method captions (e.g. quality
-    numbers: ``{"gradcam": {"pointing game": "0.95"}}``). The file is written atomically.
+    numbers: ``{"gradcam": {"pointing game": "0.95"}}``); ``sections`` are further sections
+    (``figure_section``'s HTML) placed before the layer browser. The file is written atomically.
     """
     methods = list(methods) if methods is not None else [m for m in supported_methods(backend.capabilities)
                                                          if m in METHODS]
@@ -143,11 +144,26 @@ def write_report(path: str, backend: Backend, x: np.ndarray, display: np.ndarray
                 parts.append(_figure(render.method_panel(display[i], exp.maps[i], method),
                                      f"{caption} ({seconds / len(x):.2f} s/image)"))
         parts.append("</div>")
+    parts.extend(sections)
     parts.append(_layer_browser(backend, x, display, names))
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     with atomic_path(path) as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write("".join(parts))
+
+
+def figure_section(title: str, text: str, rows: Sequence[Sequence[Tuple[Any, str]]]) -> str:
+    """A further section of the report: a heading, a paragraph, then rows of (picture, caption); a
+    picture is an image (H, W, 3) or an (image, CAM) pair, drawn as the report draws CAMs."""
+    parts = [f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>"]
+    for row in rows:
+        parts.append("<div class=panels>")
+        for picture, caption in row:
+            if isinstance(picture, tuple):
+                picture = render.method_panel(picture[0], picture[1], "gradcam")
+            parts.append(_figure(picture, caption))
+        parts.append("</div>")
+    return "".join(parts)
 
 
 def _notes_table(notes: Dict[str, Dict[str, str]]) -> str:

@@ -10,12 +10,13 @@ import torch
 import cnnlens
 from cnnlens.adapters import synthetic
 from cnnlens.adapters.demo import DemoConfig, run_demo
+from cnnlens.adapters.demo_segmentation import SegmentationConfig, build_segmenter, square_masks
 from cnnlens.adapters.images import load_image
 from cnnlens.core.methods import LAYER_MAP, METHODS
 
 TINY = DemoConfig(train_images=240, epochs=1, held_out=12, pointing_images=3, report_images=(1, 1),
                   smoothgrad_samples=2, occlusion=(16, 8), deletion_steps=4, randomisation_images=2,
-                  randomisation_steps=2)
+                  randomisation_steps=2, segmentation=SegmentationConfig(train_images=120, epochs=4, explained=2))
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,34 @@ def test_the_demo_exports_its_explainer_and_its_page(demo):
     assert set(explainer["difference_to_explain"]) == set(explainer["methods"])
     for method, difference in explainer["difference_to_explain"].items():
         assert difference <= 1e-5, (method, difference)
+
+
+def test_the_segmentation_case_explains_the_square_class_on_torch_and_onnx(demo):
+    """The segmenter over the DenseNet's features: its Grad-CAM of the square class over its predicted
+    region is the same map on the ONNX export, the numbers reach summary.json and the report."""
+    out, summary = demo
+    seg = summary["segmentation"]
+    assert seg["images"] == 2 and seg["layer"] == "head.2" and 0 <= seg["iou"] <= 1
+    assert seg["onnx_difference_to_torch"] <= 1e-4 and 0 <= seg["pointing_game"] <= 1
+    assert os.path.getsize(os.path.join(out, "segmenter.onnx")) > 0
+    page = open(os.path.join(out, "report.html"), encoding="utf-8").read()
+    assert "Segmentation: the square class over its predicted region" in page
+    assert "Grad-CAM, ONNX" in page and "the region: " in page
+    assert seg["region"] in ("the pixels it predicts as square",
+                             "the true square (the segmenter marks no square pixel on these images)")
+
+
+def test_square_masks_and_the_segmenter_shape():
+    data = synthetic.make_shapes(6, size=32, seed=4)
+    masks = square_masks(data)
+    for i in range(len(data)):
+        if data.labels[i]:
+            top, left, bottom, right = data.boxes[i]
+            assert masks[i].sum() == (bottom - top) * (right - left) and masks[i, top:bottom, left:right].all()
+        else:
+            assert not masks[i].any()
+    from cnnlens.adapters.demo_model import build_model
+
+    segmenter = build_segmenter(build_model(seed=0).features).eval()
+    with torch.no_grad():
+        assert segmenter(torch.zeros(2, 3, 32, 32)).shape == (2, 2, 32, 32)
