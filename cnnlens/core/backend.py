@@ -150,6 +150,11 @@ class Backend(Protocol):
     def batch_size(self, kind: str, image_shape: Tuple[int, ...]) -> int:
         """A batch size for ``kind`` ("forward" or "backward") passes of images of this shape."""
 
+    def output_shape(self, x: np.ndarray) -> Tuple[int, ...]:
+        """The output's shape without the batch axis for images like ``x`` (N, C, H, W): what output
+        weights are checked against. Read off the model where it declares it (ONNX shape
+        inference), else from the forward pass of ``x``'s first image."""
+
     # ------------------------------------------------------------ FORWARD, ACTIVATIONS
 
     def forward(self, x: np.ndarray, layers: Sequence[str] = ()) -> Pass:

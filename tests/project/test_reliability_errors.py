@@ -294,14 +294,16 @@ API_CASES = [
     case("unknown-layer-cam", lambda c: on_torch(c, X, "cam", layer="relux"), cnnlens.LayerError,
          r"unknown layer 'relux'\. Did you mean 'relu'"),
     case("non-spatial-scorecam", lambda c: on_torch(c, X, "scorecam", layer="fc"), cnnlens.LayerError,
-         r"layer 'fc' outputs shape \(2, 3\), not a \(N, K, h, w\) map, so scorecam cannot use it: "
-         r"pick a convolutional layer"),
+         r"layer 'fc' outputs shape \(2, 3\), not a \(N, K, h, w\) map or a token tensor \(N, T, C\), so scorecam "
+         r"cannot use it: pick a convolutional or transformer-block layer"),
     case("non-spatial-guided-gradcam", lambda c: on_torch(c, X, "guided_gradcam", layer="fc"), cnnlens.LayerError,
-         r"layer 'fc' .*not a \(N, K, h, w\) map, so guided_gradcam cannot use it: pick a convolutional layer"),
+         r"layer 'fc' .*not a \(N, K, h, w\) map or a token tensor \(N, T, C\), so guided_gradcam cannot use it: pick a "
+         r"convolutional or transformer-block layer"),
     case("non-spatial-in-gradcam-list", lambda c: on_torch(c, X, "gradcam", layer=["conv2", "fc"]), cnnlens.LayerError,
-         r"layer 'fc' .*so gradcam cannot use it: pick a convolutional layer"),
+         r"layer 'fc' .*so gradcam cannot use it: pick a convolutional or transformer-block layer"),
     case("non-spatial-onnx-scorecam", lambda c: on_onnx(c, X, "scorecam", layer="fc"), cnnlens.LayerError,
-         r"outputs shape \(2, 3\), not a \(N, K, h, w\) map, so scorecam cannot use it: pick a convolutional layer"),
+         r"outputs shape \(2, 3\), not a \(N, K, h, w\) map or a token tensor \(N, T, C\), so scorecam cannot use it: "
+         r"pick a convolutional or transformer-block layer"),
     case("layer-not-a-string", lambda c: on_torch(c, X, "gradcam", layer=[3]), cnnlens.LayerError,
          r"layer must be a layer name or a non-empty list of names, got \[3\]"),
     case("cam-layer-not-pooled", lambda c: on_torch(c, X, "cam", layer="fc"), cnnlens.LayerError,
@@ -533,7 +535,7 @@ CLI_CASES = [
     pytest.param(["explain", "relnet:build", "img.png", *T, "-m", "gradcam", "-l", "conv"],
                  r"unknown layer 'conv'\. Did you mean (?=.*'conv1')(?=.*'conv2')", id="unknown-layer"),
     pytest.param(["explain", "relnet:build", "img.png", *T, "-m", "scorecam", "-l", "fc"],
-                 r"layer 'fc' outputs shape \(1, 3\), not a \(N, K, h, w\) map.*pick a convolutional layer",
+                 r"layer 'fc' outputs shape \(1, 3\), not a \(N, K, h, w\) map.*pick a convolutional or transformer-block layer",
                  id="non-spatial-layer"),
     pytest.param(["explain", "relnet:flat", "img.png", *T, "-m", "cam"],
                  r"cam needs .*global average pooling.*Use gradcam", id="cam-without-gap"),

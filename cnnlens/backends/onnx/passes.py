@@ -84,6 +84,12 @@ class Passes:
         seed = seed_rows(grad_logits, lambda: self.forward(x).logits, lambda: (len(x),) + self._output_shape(model_x))
         return np.ascontiguousarray(seed, dtype=np.float32)
 
+    def output_shape(self, x: np.ndarray) -> Tuple[int, ...]:
+        """The output's shape (no batch axis) for NCHW images like ``x``: from shape inference,
+        without a run where the graph declares it."""
+        self.check_input(x[:1])  # images the model cannot take: the same error a pass gives
+        return self._output_shape(self._to_model(x[:1]))
+
     def _output_shape(self, model_x: np.ndarray) -> Tuple[int, ...]:
         """The output's shape without the batch axis, from shape inference or a run of one image."""
         shape = self._types_at(tuple(model_x.shape[1:])).shapes.get(self.output)

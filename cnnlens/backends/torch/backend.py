@@ -180,6 +180,11 @@ class TorchBackend:
             "family has nothing to use: use saliency or occlusion, or a larger input"
         )
 
+    def output_shape(self, x: np.ndarray) -> Tuple[int, ...]:
+        """The output's shape (no batch axis) from the forward pass of ``x``'s first image: a module
+        declares none, and may be changed between calls."""
+        return tuple(self.forward(x[:1]).logits.shape[1:])
+
     def weights(self, layer: Optional[str] = None) -> np.ndarray:
         modules = self.modules()
         if layer is None:

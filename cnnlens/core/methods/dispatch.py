@@ -15,15 +15,14 @@ from .support import require
 
 def _check_target(backend: Backend, target: Target, images: np.ndarray) -> Target:
     """Class targets checked for length; output weights checked against the model's output shape
-    (one image's pass) and expanded to one row per image; weights derived from the outputs made from
+    (``backend.output_shape``: ONNX reads it off the graph, torch runs one image) and expanded to one row per image; weights derived from the outputs made from
     one forward pass over the images (then fixed, as given weights are)."""
     if isinstance(target, DerivedWeights):
         size = forward_batch(backend, None, images)
         outputs = np.concatenate([backend.forward(images[sl]).logits for sl in batches(len(images), size)])
         return target.weights_for(outputs)
     if is_weights(target):
-        shape = backend.forward(images[:1]).logits.shape[1:]
-        return output_weights(target, len(images), shape)
+        return output_weights(target, len(images), backend.output_shape(images))
     if is_single(target):
         return target
     try:
