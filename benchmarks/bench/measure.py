@@ -43,6 +43,9 @@ class TimedBackend:
     def replaced(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed("replaced", *args, **kwargs)
 
+    def output_shape(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed("output_shape", *args, **kwargs)
+
 
 def agreement(ours: np.ndarray, theirs: Any, method: str, peer: str) -> Optional[float]:
     """Mean per-image Pearson correlation between two sets of maps; None when their shapes do not
