@@ -4,6 +4,7 @@ model's own floor and with the peers (Captum, pytorch-grad-cam, torchcam).
     pip install -e ".[all]" -r benchmarks/requirements.txt
     python benchmarks/run.py --quick          # under 5 minutes on 2 CPU cores
     python benchmarks/run.py                  # the full run (larger batches, Score-CAM on ResNet-50)
+    python benchmarks/run.py --workloads deeplabv3 vit --no-peers --section dense   # segmenter and ViT
 
 Writes ``benchmarks/results/<machine>.md`` and ``.json``; ``--update-readme`` also puts the
 tables into the documentation's speed page, ``docs/speed.md``. Runs unchanged on a CPU-only
@@ -27,8 +28,12 @@ sys.path.insert(0, HERE)
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer images and repeats (under 5 minutes on 2 CPU cores)")
-    p.add_argument("--workloads", nargs="+", default=["resnet50", "small", "deeplabv3", "vit"],
-                   choices=["resnet50", "small", "deeplabv3", "vit"])
+    p.add_argument("--workloads", nargs="+", default=["resnet50", "small"],
+                   choices=["resnet50", "small", "deeplabv3", "vit"],
+                   help="resnet50 and small (every method, with the peers); deeplabv3 and vit (a segmenter "
+                   "with a segmentation target, a ViT at its tokens: Grad-CAM and saliency, torch against ONNX)")
+    p.add_argument("--section", default="bench", help="the results' name and docs/speed.md section: 'bench' "
+                   "(results/<machine>.md), or e.g. 'dense' (results/<machine>-dense.md)")
     p.add_argument("--methods", nargs="+", default=None, help="only these cnnlens methods")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when there is one")
     p.add_argument("--no-peers", action="store_true", help="measure cnnlens and the floors only")
@@ -70,12 +75,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                     seconds=round(time.perf_counter() - started, 1))
     command = "python benchmarks/run.py" + "".join(" " + shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     checks = results.check_targets(rows)
-    text = results.write(args.out, info, settings, rows, checks, present, command)
+    suffix = "" if args.section == "bench" else f"-{args.section}"
+    text = results.write(args.out, info, settings, rows, checks, present, command, suffix)
     print()
     print(text)
-    print(f"total {settings['seconds']} s; written to {os.path.join(args.out, results.machine_name(info))}.md/.json")
+    name = results.machine_name(info) + suffix
+    print(f"total {settings['seconds']} s; written to {os.path.join(args.out, name)}.md/.json")
     if args.update_readme:
-        results.update_readme(os.path.join(os.path.dirname(HERE), "docs", "speed.md"), text, results.machine_name(info))
+        results.update_readme(os.path.join(os.path.dirname(HERE), "docs", "speed.md"), text, name,
+                              section=args.section)
     return 0
 
 

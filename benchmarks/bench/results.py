@@ -168,22 +168,23 @@ def markdown(info: Dict[str, Any], settings: Dict[str, Any], rows: List[Row], ch
         "",
         "## Targets",
         "",
-        targets_table(checks),
+        targets_table([c for c in checks if peers or c["value"] is not None]),  # no peer measured: no peer rows
         "",
-        "## Do the peers compute the same maps?",
-        "",
-        "Mean per-image Pearson correlation between cnnlens's maps and each peer's (SmoothGrad draws different noise, so it is left out):",
-        "",
-        *agreement,
-        "",
+        *(["## Do the peers compute the same maps?",
+           "",
+           "Mean per-image Pearson correlation between cnnlens's maps and each peer's (SmoothGrad draws different "
+           "noise, so it is left out):",
+           "",
+           *agreement,
+           ""] if agreement else []),
     ])
 
 
 def write(out_dir: str, info: Dict[str, Any], settings: Dict[str, Any], rows: List[Row],
-          checks: List[Dict[str, Any]], peers: List[str], command: str) -> str:
-    """Write ``<machine>.md`` and ``<machine>.json`` (each atomically); return the Markdown."""
+          checks: List[Dict[str, Any]], peers: List[str], command: str, suffix: str = "") -> str:
+    """Write ``<machine><suffix>.md`` and ``.json`` (each atomically); return the Markdown."""
     os.makedirs(out_dir, exist_ok=True)
-    name = machine_name(info)
+    name = machine_name(info) + suffix
     text = markdown(info, settings, rows, checks, peers, command)
     data = dict(machine=info, settings=settings, command=command, rows=rows, targets=checks)
     for suffix, content in ((".md", text), (".json", json.dumps(data, indent=1, default=str) + "\n")):

@@ -301,3 +301,18 @@ def test_the_command_line_takes_reshape(vit, vit_files, tmp_path, monkeypatch):
     x = image_io.prepare(["one.png"], (H, W))[0]
     ref = cnnlens.explain(vit, x, "gradcam", layer=VIT_LAYER).maps[0]
     assert rel_err(np.load("o/one_gradcam.npy"), ref) <= RTOL
+
+
+def test_a_list_of_token_layers_is_one_pass_and_equals_each_alone(vit, x):
+    """``layer=[...]`` over token layers (and a 4-D one beside them): (N, L, H, W), each layer read on
+    its own, every reading said in exp.extras."""
+    layers = ["blocks.10.norm1", VIT_LAYER, "patch_embed.proj"]
+    together = cnnlens.explain(vit, x, "layercam", layer=layers)
+    assert together.maps.shape == (2, 3, H, W)
+    for k, layer in enumerate(layers):
+        alone = cnnlens.explain(vit, x, "layercam", layer=layer)
+        np.testing.assert_allclose(together.maps[:, k], alone.maps, rtol=1e-6, atol=1e-7 * np.abs(alone.maps).max())
+    readings = [str(r) for r in together.extras["layer_reading"]]
+    assert len(readings) == 3 and "blocks.10.norm1" in readings[0] and "patch_embed.proj" in readings[2]
+    features = cnnlens.explain(vit, x, "feature_maps", layer=layers[:2])
+    assert features.maps.shape == (2, 2, 192, 6, 10)
