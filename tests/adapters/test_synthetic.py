@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from cnnlens.adapters import synthetic
 from cnnlens.adapters.synthetic import MEAN, STD, make_shapes, normalize, to_tensor_range
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import re
 
 import numpy as np
 import onnx

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from cnnlens.backends.onnx.shapes import infer
 from tests.helpers import assert_close
-from tests.onnx_vjp import OneOp, adjoint_gap, reference_directional, torch_vjp
+from tests.onnx_vjp import OneOp, adjoint_gap, torch_vjp
 
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
