@@ -56,10 +56,11 @@ def _inputs(paths, size=(32, 32)):
 def test_layers_prints_a_table(workdir, capsys):
     assert main(["layers", "smallnet:build", "--input-shape", "3", "32", "32"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["#", "name", "kind", "output", "shape"]
+    assert lines[0].split() == ["#", "name", "kind", "output", "shape", "as", "maps", "(CAMs)"]
     assert [line.split()[1:4] for line in lines[1:]] == [
         ["conv1", "Conv2d", "Nx6x32x32"], ["relu", "ReLU", "Nx8x16x16"],
         ["conv2", "Conv2d", "Nx8x16x16"], ["fc", "Linear", "Nx3"]]
+    assert [line.split()[4:] for line in lines[1:]] == [["map", "32x32"], ["map", "16x16"], ["map", "16x16"], []]
 
 
 def test_explain_writes_pngs_and_maps_equal_to_the_api(workdir, capsys):

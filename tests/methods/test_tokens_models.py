@@ -316,3 +316,19 @@ def test_a_list_of_token_layers_is_one_pass_and_equals_each_alone(vit, x):
     assert len(readings) == 3 and "blocks.10.norm1" in readings[0] and "patch_embed.proj" in readings[2]
     features = cnnlens.explain(vit, x, "feature_maps", layer=layers[:2])
     assert features.maps.shape == (2, 2, 192, 6, 10)
+
+
+def test_the_layers_table_says_how_each_output_reads_as_maps(vit, vit_files, capsys):
+    """``cnnlens layers`` on the ViT's ONNX file: token layers as their grid with the class token
+    dropped, the patch embedding as a map, attention scores (N, heads, T, T) as none."""
+    from cnnlens.cli import main
+    from cnnlens.cli.layers import as_maps
+
+    layers = cnnlens.layers(vit, (3, H, W))
+    readings = dict(zip([layer.name for layer in layers], as_maps(layers, (H, W))))
+    assert readings[VIT_LAYER] == "grid 6x10, 1 token dropped"
+    assert readings["patch_embed.proj"] == "map 6x10"
+    assert readings["blocks.0.attn.k_norm"] == "" and readings["head"] == ""
+    assert main(["layers", vit_files["onnx"]]) == 0
+    printed = capsys.readouterr().out
+    assert "grid 6x10, 1 token dropped" in printed and "as maps (CAMs)" in printed.splitlines()[0]
