@@ -97,6 +97,7 @@ class BatchExplainer:
             require(backend, method, context="audit: ")
         self.backend, self.job = backend, job
         self.names = list(class_names) if class_names is not None else None
+        self._dense: Optional[Tuple[Tuple[int, ...], np.ndarray]] = None  # the last batch's dense weights
 
     def check_classifier(self) -> None:
         """Raise ModelError unless the model's output is (N, classes): one forward pass on a blank image
@@ -136,11 +137,16 @@ class BatchExplainer:
 
     def _dense_weights(self, batch: Sequence[Prepared], x: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Each image's output weights from its own segmentation or detection target (one class
-        and, for a detection, one box per image), made from one forward pass over the batch."""
+        and, for a detection, one box per image), made from one forward pass over the batch (kept
+        for the batch's next method)."""
+        key = tuple(p.item.index for p in batch)
+        if self._dense is not None and self._dense[0] == key:
+            return self._dense[1]
         outputs = np.asarray(self.backend.forward(x).logits)
         rows = [_dense_target(self.job, p, int(c)).weights_for(outputs[i:i + 1]).weights
                 for i, (p, c) in enumerate(zip(batch, classes))]
-        return np.concatenate(rows)
+        self._dense = (key, np.concatenate(rows))
+        return self._dense[1]
 
     def _rows(self, batch: Sequence[Prepared], method: str) -> Piece:
         x = np.stack([p.x for p in batch])
