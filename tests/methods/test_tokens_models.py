@@ -332,3 +332,25 @@ def test_the_layers_table_says_how_each_output_reads_as_maps(vit, vit_files, cap
     assert main(["layers", vit_files["onnx"]]) == 0
     printed = capsys.readouterr().out
     assert "grid 6x10, 1 token dropped" in printed and "as maps (CAMs)" in printed.splitlines()[0]
+
+
+def test_swin_channels_last_maps_are_the_same_on_onnx_and_pt2(tmp_path):
+    """A small torchvision Swin (embed 24, 160 x 224): its channels-last block outputs read the same
+    way on the module, its ``.pt2`` program and its ONNX export, with the same Grad-CAM."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    from cnnlens.adapters.export import to_exported
+
+    torch.manual_seed(0)
+    swin = SwinTransformer(patch_size=[4, 4], embed_dim=24, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4],
+                           window_size=[7, 7], num_classes=5).eval()
+    x = images(2, 3, SWIN_H, SWIN_W, seed=6)
+    files = [to_onnx(swin, str(tmp_path / "swin.onnx"), (3, SWIN_H, SWIN_W), exporter="legacy"),
+             to_exported(swin, str(tmp_path / "swin.pt2"), (3, SWIN_H, SWIN_W))]
+    for layer, grid in (("features.7.1.norm2", "5x7"), ("features.5", "10x14")):
+        ref = cnnlens.explain(swin, x, "gradcam", layer=layer)
+        for path in files:
+            exp = cnnlens.explain(path, x, "gradcam", layer=layer, target=ref.target)
+            assert "channels-last (N, h, w, K) map" in str(exp.extras["layer_reading"][0])
+            assert f"read as a {grid} grid" in str(exp.extras["layer_reading"][0])
+            assert rel_err(exp.maps, ref.maps) <= RTOL
