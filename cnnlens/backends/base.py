@@ -4,7 +4,7 @@ re-exported here for the backends."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple, Type, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
@@ -63,6 +63,23 @@ def randomisation_layers(backend: Backend, layers: Union[str, Sequence[str]], se
             if name not in choices:
                 raise LayerError(f"layer {name!r} has no learned parameters to randomise: {_some_choices(name, choices)}")
     return resolved
+
+
+def path_by_suffix(name: str, paths: Sequence[str]) -> Optional[str]:
+    """The one module path of ``paths`` that ``name`` names up to leading containers — a path that is
+    ``name`` under more containers (a wrapper's module named without the wrapper) or ``name`` with
+    containers of its own dropped (an exporter that recorded no scope for a container whose
+    ``forward`` was never called). The containers are attributes, never sequence indices
+    (``layer9.0.conv1`` is not ``conv1``); None when no path or several match (never a guess)."""
+    parts = name.split(".")
+    found = set()
+    for path in paths:
+        other = path.split(".")
+        longer, shorter = (other, parts) if len(other) > len(parts) else (parts, other)
+        extra = len(longer) - len(shorter)
+        if extra and longer[extra:] == shorter and not any(c.isdigit() for c in longer[:extra]):
+            found.add(path)
+    return found.pop() if len(found) == 1 else None
 
 
 def _some_choices(name: str, choices: List[str], shown: int = 12) -> str:

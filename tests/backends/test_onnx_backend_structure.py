@@ -211,6 +211,29 @@ def test_a_wrapper_whose_container_was_never_called_keeps_its_torch_module_paths
     b = cnnlens.explain(backend, x, "gradcam", layer="inner.body.0")
     assert np.abs(a.maps).max() > 0 and np.abs(b.maps - a.maps).max() <= 1e-5 * np.abs(a.maps).max()
     assert backend.resolve_layer("inner.other.0") == backend.resolve_layer("other.0")
+    # and back: the torch module finds "body.0" (the path the ONNX file recorded) under "inner", so
+    # compare maps a node of the file to the module's layer
+    torch_backend = cnnlens.load(model)
+    assert torch_backend.resolve_layer("body.0") == "inner.body.0"
+    node = backend.resolve_layer("inner.body.0")
+    assert backend.module_of(node) == "body.0"
+    result = cnnlens.compare(model, backend, x, "gradcam", layer=node)
+    assert result.a.layer == "inner.body.0" and result.worst_relative_error <= 1e-5
     assert backend.resolve_layer("twin.0.0") != backend.resolve_layer("other.0")
     with pytest.raises(cnnlens.LayerError, match="unknown layer"):
         backend.resolve_layer("nothing.body.1.5")  # no recorded path ends like it
+
+
+@pytest.mark.parametrize("name, paths, expected", [
+    ("backbone.features.0", ["detector.backbone.features.0", "detector.head"], "detector.backbone.features.0"),
+    ("detector.backbone.features.0", ["backbone.features.0", "head"], "backbone.features.0"),
+    ("fc", ["net.fc", "net.conv"], "net.fc"),
+    ("conv1", ["a.conv1", "b.conv1"], None),              # two paths end alike: never a guess
+    ("layer9.0.conv1", ["conv1", "layer1.0.conv1"], None),  # a sequence index is no container to drop
+    ("1.conv2", ["layer3.1.conv2", "layer4.1.conv2"], None),
+    ("nothing", ["a.b"], None),
+])
+def test_module_paths_by_suffix(name, paths, expected):
+    from cnnlens.backends.base import path_by_suffix
+
+    assert path_by_suffix(name, paths) == expected

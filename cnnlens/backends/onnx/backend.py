@@ -239,18 +239,12 @@ class OnnxBackend(Passes, ShapeReading):
         raise unknown_layer(name, known)
 
     def _module_by_suffix(self, name: str) -> Optional[onnx.NodeProto]:
-        """The node of the one recorded module path that ``name`` ends with, after its leading
-        containers: the legacy exporter records no scope for a container whose ``forward`` is never
-        called (a wrapper that calls ``self.detector.backbone`` directly records ``backbone...``,
-        not ``detector.backbone...``). None when no path or several match."""
-        parts = name.split(".")
-        for start in range(1, len(parts)):
-            node = self.graph.node_for_module(".".join(parts[start:]))
-            if node is not None:
-                clash = [p for p in self.graph.module_paths() if p.endswith("." + ".".join(parts[start:]))
-                         and p != name]
-                return node if not clash else None
-        return None
+        """The node of the one recorded module path ``name`` names up to leading containers
+        (``base.path_by_suffix``): the legacy exporter records no scope for a container whose
+        ``forward`` is never called (a wrapper calling ``self.detector.backbone`` records
+        ``backbone...``). None when no path or several match."""
+        path = base.path_by_suffix(name, self.graph.module_paths())
+        return self.graph.node_for_module(path) if path is not None else None
 
     def module_of(self, layer: str) -> str:
         """The torch module whose output a layer computes, as the exporter recorded it."""

@@ -129,9 +129,13 @@ class TorchBackend:
     def resolve_layer(self, name: str) -> str:
         if not isinstance(name, str):
             raise LayerError(f"a layer name must be a string, got {name!r}")
-        if name not in self.modules():
-            raise unknown_layer(name, self.modules())
-        return name
+        modules = self.modules()
+        if name in modules:
+            return name
+        found = base.path_by_suffix(name, list(modules))  # a wrapper's module named without the wrapper
+        if found is None:
+            raise unknown_layer(name, modules)
+        return found
 
     def module_of(self, layer: str) -> str:
         """A module's layer is the module itself."""
