@@ -4,10 +4,10 @@ as maps (a map, a channels-last map, tokens on their grid)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, List, Optional, Sequence, Set, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from ..core.errors import LayerError
-from ..core.tokens import read_as_maps
+from ..core.tokens import map_grids, read_as_maps
 from ..core.types import Layer
 from .common import add_model_options, load_model
 
@@ -18,8 +18,7 @@ DEFAULT_IMAGE = (224, 224)
 def as_maps(layers: Sequence[Layer], image: Tuple[int, int]) -> List[str]:
     """Per layer, how its output reads as (N, K, h, w) maps for images of ``image`` pixels ("" where
     it is no map): ``map 7x7``, ``map 7x7, channels-last``, ``grid 14x14, 1 token dropped``."""
-    grids: Set[Tuple[int, int]] = {(int(s[2]), int(s[3])) for s in (layer.shape for layer in layers)
-                                   if s is not None and len(s) == 4 and s[2] and s[3]}
+    grids = map_grids(layer.shape for layer in layers)
     found = []
     for layer in layers:
         shape = layer.shape

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -203,6 +203,14 @@ def _token_grid(tokens: int, image: Tuple[int, int], drop: Optional[int],
     return None
 
 
+def map_grids(shapes: Iterable[Optional[Sequence[Optional[int]]]]) -> Set[Tuple[int, int]]:
+    """The (h, w) of every (N, K, h, w) map among these layer output shapes (batch first, unknown
+    dims None) with more than one position: the grids that settle which axis of a token tensor
+    holds the tokens (``read_as_maps``' ``model_grids``)."""
+    return {(int(s[2]), int(s[3])) for s in shapes
+            if s is not None and len(s) == 4 and s[2] is not None and s[3] is not None and s[2] * s[3] > 1}
+
+
 def _roughly(grid: Sequence[int], image: Tuple[int, int]) -> bool:
     """Whether a grid could be a map of the image at all: a small one (rounding moves its aspect
     ratio far), or one within 1.5x of the image's aspect ratio."""
@@ -226,9 +234,10 @@ def read_as_maps(name: str, shape: Sequence[int], image: Tuple[int, int], reshap
     """How layer ``name``'s output of ``shape`` (batch first) reads as (N, K, h, w) maps for images
     of ``image`` (H, W) pixels; a LayerError saying what to state when it cannot be told. Where
     tokens fit a grid along both axes, ``model_grids()`` (the grids of the model's own spatial
-    maps: its patch embedding's) says which, else (N, T, C) is read. A 4-D output is read NCHW when neither reading has the
-    image's shape, unless the layer is the backend's default (``defaulted``): then it is no map
-    (a transformer's (N, heads, T, d) attention tensor) and the user is asked to name one."""
+    maps: its patch embedding's) says which, else (N, T, C) is read. A 4-D output is read NCHW
+    when neither reading has the image's shape, unless the layer is the backend's default
+    (``defaulted``): then it is no map (a transformer's (N, heads, T, d) attention tensor) and the
+    user is asked to name one."""
     spec = parse_reshape(reshape)
     shape = tuple(int(d) for d in shape)
     image = (int(image[0]), int(image[1]))

@@ -9,7 +9,7 @@ import numpy as np
 from ..backend import Backend as Backend  # the contract (re-exported): the core never imports a backend
 from ..errors import InvalidInputError, LayerError
 from ..targets import ClassSeed, Objective, OutputWeights, Target, is_single, objective
-from ..tokens import MapReading, ReshapeSpec, read_as_maps
+from ..tokens import MapReading, ReshapeSpec, map_grids, read_as_maps
 
 LayerSpec = Union[None, str, Sequence[str]]
 
@@ -101,8 +101,7 @@ class LayerMaps:
 
     def _model_grids(self) -> Set[Tuple[int, int]]:
         """The (h, w) of every (N, K, h, w) map the model makes at this image size."""
-        return {(int(s[2]), int(s[3])) for layer in self.backend.layers((1,) + self.shape[1:])
-                if layer.spatial and (s := layer.shape) is not None and s[2] and s[3]}
+        return map_grids(layer.shape for layer in self.backend.layers((1,) + self.shape[1:]))
 
     def activation(self, name: str, value: np.ndarray) -> np.ndarray:
         """Layer ``name``'s activation as maps (a LayerError saying what to pick or state when it cannot)."""

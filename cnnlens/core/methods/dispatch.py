@@ -9,18 +9,17 @@ import numpy as np
 from ..errors import InvalidInputError, LayerError, TargetError
 from ..targets import DerivedWeights, Target, is_single, is_weights, output_weights
 from ..types import Explanation
-from .common import Backend, LayerSpec, batches, check_images, forward_batch
+from .common import Backend, LayerSpec, check_images, clean_outputs, forward_batch
 from .support import require
 
 
 def _check_target(backend: Backend, target: Target, images: np.ndarray) -> Target:
     """Class targets checked for length; output weights checked against the model's output shape
-    (``backend.output_shape``: ONNX reads it off the graph, torch runs one image) and expanded to one row per image; weights derived from the outputs made from
-    one forward pass over the images (then fixed, as given weights are)."""
+    (``backend.output_shape``: ONNX reads it off the graph, torch runs one image) and expanded to one
+    row per image; weights derived from the outputs made from one forward pass over the images (then
+    fixed, as given weights are)."""
     if isinstance(target, DerivedWeights):
-        size = forward_batch(backend, None, images)
-        outputs = np.concatenate([backend.forward(images[sl]).logits for sl in batches(len(images), size)])
-        return target.weights_for(outputs)
+        return target.weights_for(clean_outputs(backend, images, forward_batch(backend, None, images)))
     if is_weights(target):
         return output_weights(target, len(images), backend.output_shape(images))
     if is_single(target):

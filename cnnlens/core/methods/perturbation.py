@@ -28,9 +28,7 @@ def _layer_activations(backend: Backend, x: np.ndarray, target: Target, layer: L
     from one forward pass per batch."""
     name = one_layer(backend, layer, x, method)
     activations, outputs = forward_layers(backend, x, [name], batch)
-    read = LayerMaps(backend, x, reshape, method, layer)
-    read.reading(name, activations[name])
-    return name, activations[name], outputs, objective(target, outputs), read
+    return name, activations[name], outputs, objective(target, outputs), LayerMaps(backend, x, reshape, method, layer)
 
 
 @register("scorecam", needs={ACTIVATIONS}, kind=CAM, layer=ONE_LAYER, options=[RESHAPE])

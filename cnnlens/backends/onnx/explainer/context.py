@@ -10,7 +10,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ....core.errors import LayerError, TargetError, UnsupportedError
-from ....core.tokens import MapReading, Reshape, ReshapeSpec, read_as_maps
+from ....core.tokens import MapReading, ReshapeSpec, map_grids, parse_reshape, read_as_maps
 from ..autodiff import Emitter, class_rows, predicted_classes, taken_names
 from ..view import ModelView
 
@@ -111,7 +111,7 @@ class Build:
         """Decide how ``layer``'s output reads as maps (as ``cnnlens.explain`` does; ``reshape`` as
         there, but no function: a file holds no Python), before any head reads it."""
         tensor = self.tensor(layer)
-        if isinstance(reshape, Reshape) and reshape.function is not None or callable(reshape):
+        if parse_reshape(reshape).function is not None:
             raise UnsupportedError("a reshape function cannot be written into an ONNX file: state the layout "
                                    "(reshape='HxW,drop=D,channels=first|last') instead")
         shape = self.view.nchw_shape(tensor)
@@ -126,9 +126,7 @@ class Build:
 
     def _model_grids(self) -> Set[Tuple[int, int]]:
         """The (h, w) of every (N, K, h, w) map in the model (its patch embedding's among them)."""
-        shapes = (self.view.nchw_shape(node.output[0]) for node in self.view.graph.data_nodes())
-        return {(int(s[2]), int(s[3])) for s in shapes
-                if s is not None and len(s) == 4 and s[2] is not None and s[3] is not None and s[2] * s[3] > 1}
+        return map_grids(self.view.nchw_shape(node.output[0]) for node in self.view.graph.data_nodes())
 
     def _as_maps(self, value: str, reading: MapReading) -> str:
         """``MapReading.read`` as ONNX ops."""
