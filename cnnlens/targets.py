@@ -1,6 +1,6 @@
 """Targets for dense outputs, as helpers over the output-weights targets: what to explain of a
-segmenter's per-pixel class scores, or of a detector's raw predictions for one box. Each returns a target ``cnnlens.explain`` (and every other
-call that takes ``target=``) accepts; the weights it stands for are made from the model's own
+segmenter's per-pixel class scores, or of a detector's raw predictions for one box. Each returns a
+target ``cnnlens.explain`` (and every other call that takes ``target=``) accepts; the weights it stands for are made from the model's own
 outputs for the images explained, held fixed while the method runs, and reported as
 ``exp.target`` (N, *output)."""
 
@@ -29,8 +29,7 @@ def segmentation(category: int, mask: Optional[np.ndarray] = None) -> DerivedWei
     >>> segmentation(1).weights_for(outputs).weights.tolist()   # class 1 is predicted at the second pixel
     [[[[0.0, 0.0]], [[0.0, 1.0]]]]
     """
-    if isinstance(category, (bool, np.bool_)) or not isinstance(category, (int, np.integer)) or category < 0:
-        raise TargetError(f"segmentation's category must be a class index (an int, 0 or more), got {category!r}")
+    _check_class(category, "segmentation")
     given = None if mask is None else np.asarray(mask, dtype=np.float32)
 
     def make(outputs: np.ndarray) -> np.ndarray:
@@ -59,6 +58,11 @@ def segmentation(category: int, mask: Optional[np.ndarray] = None) -> DerivedWei
     return DerivedWeights(make, f"segmentation(class {category} over {where})")
 
 
+def _check_class(category: int, helper: str) -> None:
+    if isinstance(category, (bool, np.bool_)) or not isinstance(category, (int, np.integer)) or category < 0:
+        raise TargetError(f"{helper}'s category must be a class index (an int, 0 or more), got {category!r}")
+
+
 def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
     """IoU of each (x1, y1, x2, y2) row of ``boxes`` with ``box``."""
     x1, y1 = np.maximum(boxes[:, 0], box[0]), np.maximum(boxes[:, 1], box[1])
@@ -84,8 +88,7 @@ def detection(box, category: int, iou: float = 0.5) -> DerivedWeights:
     box = np.asarray(box, dtype=np.float64).reshape(-1)
     if box.shape != (4,) or not (box[2] > box[0] and box[3] > box[1]):
         raise TargetError(f"box must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1, got {box.tolist()}")
-    if isinstance(category, (bool, np.bool_)) or not isinstance(category, (int, np.integer)) or category < 0:
-        raise TargetError(f"detection's category must be a class index (an int, 0 or more), got {category!r}")
+    _check_class(category, "detection")
     if not 0 < iou <= 1:
         raise TargetError(f"iou must be in (0, 1], got {iou!r}")
 
