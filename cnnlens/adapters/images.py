@@ -17,9 +17,7 @@ import numpy as np
 
 from ..core.backend import Backend
 from ..core.errors import InvalidInputError
-
-IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+from ..core.types import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported: the CLI's and the page's defaults)
 
 # ITU-R 601-2 luma, the weights Pillow's convert("L") uses.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

@@ -9,8 +9,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 import numpy as np
 
 from ..core.backend import (ACTIVATIONS, CAPABILITIES, FORWARD, GRADIENTS, INCREMENTAL_OCCLUSION,  # noqa: F401
-                            INPUT_GRADIENTS, LAYER_GRADIENTS, LINEAR_HEAD, RANDOMISE, RELU_RULES, REPLACE_LAYER,
-                            WEIGHTS, Backend, GradLogits, check_capabilities)
+                            INPUT_GRADIENTS, INPUT_RULES, LAYER_GRADIENTS, LINEAR_HEAD, RANDOMISE, RELEVANCE_RULES,
+                            RELU_RULES, REPLACE_LAYER, WEIGHTS, Backend, GradLogits, check_capabilities)
 from ..core.errors import InvalidInputError, LayerError
 
 

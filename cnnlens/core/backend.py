@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Prot
 
 import numpy as np
 
+from .relevance import Rules
 from .targets import ClassSeed
 from .types import Layer, Pass
 
@@ -22,6 +23,7 @@ ACTIVATIONS = "activations"
 INPUT_GRADIENTS = "input_gradients"
 LAYER_GRADIENTS = "layer_gradients"
 RELU_RULES = "relu_rules"
+RELEVANCE_RULES = "relevance_rules"
 WEIGHTS = "weights"
 LINEAR_HEAD = "linear_head"
 RANDOMISE = "randomise"
@@ -33,7 +35,9 @@ CAPABILITIES: Dict[str, str] = {
     ACTIVATIONS: "named layers' outputs (`forward(x, layers)`)",
     INPUT_GRADIENTS: "the gradient of the explained score with respect to the input (`backward`)",
     LAYER_GRADIENTS: "the gradient of the explained score with respect to a layer's output (`backward`)",
-    RELU_RULES: "the guided and deconvnet ReLU rules for the input gradient (`backward(relu=...)`)",
+    RELU_RULES: "the guided and deconvnet ReLU rules for the input gradient (`backward(rules=...)`)",
+    RELEVANCE_RULES: "LRP's composites and DeepLIFT's Rescale rule for the input gradient (`backward(rules=...)`, "
+                     "core.relevance)",
     WEIGHTS: "a layer's weight tensor (`weights`)",
     LINEAR_HEAD: "a global-average-pool -> linear head, found automatically (`linear_head`, for CAM)",
     RANDOMISE: "a copy with some layers' learned weights re-drawn (`randomised`, the sanity test)",
@@ -41,12 +45,14 @@ CAPABILITIES: Dict[str, str] = {
     INCREMENTAL_OCCLUSION: "occluded copies of an image scored from its cached activations (`occluder`)",
 }
 
-#: the ReLU rules ``backward(relu=...)`` takes for the input gradient (METHODS.md): the true
+#: the ReLU rules ``backward(rules=...)`` takes for the input gradient (METHODS.md): the true
 #: gradient, guided backpropagation's, the deconvnet's
 RELU_RULE_NAMES = ("plain", "guided", "deconv")
 
 #: the gradients of a ``backward`` pass (a backend that runs no backward has none of them)
-GRADIENTS = frozenset({INPUT_GRADIENTS, LAYER_GRADIENTS, RELU_RULES})
+GRADIENTS = frozenset({INPUT_GRADIENTS, LAYER_GRADIENTS, RELU_RULES, RELEVANCE_RULES})
+#: the capabilities that modify the input gradient's backward pass (what a model lacks with input gradients)
+INPUT_RULES = frozenset({INPUT_GRADIENTS, RELU_RULES, RELEVANCE_RULES})
 
 #: What ``backward`` back-propagates from the outputs (the seed/target contract):
 #:
@@ -160,16 +166,18 @@ class Backend(Protocol):
     def forward(self, x: np.ndarray, layers: Sequence[str] = ()) -> Pass:
         """Logits and the named layers' activations."""
 
-    # ------------------------------------------------------------ INPUT_GRADIENTS, LAYER_GRADIENTS, RELU_RULES
+    # ------------------------------------------------------------ INPUT_GRADIENTS, LAYER_GRADIENTS, *_RULES
 
     def backward(self, x: np.ndarray, grad_logits: GradLogits, layers: Sequence[str] = (),
-                 relu: str = "plain", input_grad: bool = True) -> Pass:
+                 rules: Rules = "plain", input_grad: bool = True) -> Pass:
         """One forward pass and its backward: logits, the input gradient (if asked) and the
         named layers' activations and gradients. ``grad_logits`` is an (N, K) array or a
         function of the logits that returns one; a ``core.targets.ClassSeed`` (such a function)
         also says which classes it picks, so a backend may build the rows itself (ONNX does, to
-        keep one pass). ``relu`` ("plain", "guided", "deconv") is the ReLU rule for the input
-        gradient; layer gradients are always the true ones."""
+        keep one pass). ``rules`` is the backward rule set for the input gradient: a ReLU rule
+        ("plain", "guided", "deconv"; RELU_RULES) or a relevance rule set (``core.relevance``
+        ``LrpRules`` / ``DeepLiftRules``; RELEVANCE_RULES: no layers then, and ``Pass.notes`` says
+        what the backend canonized); layer gradients are always the true ones."""
 
     # ------------------------------------------------------------ LINEAR_HEAD
 

@@ -8,6 +8,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 
+#: the normalisation ImageNet models expect, ``(pixel - mean) / std`` per channel on pixels in [0, 1]
+IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class Layer:
     """One layer of a model: its name (the backend's own), kind (module class or op type) and
@@ -31,6 +36,9 @@ class Pass:
     input_grad: Optional[np.ndarray] = None
     activations: Dict[str, np.ndarray] = field(default_factory=dict)
     gradients: Dict[str, np.ndarray] = field(default_factory=dict)
+    #: what the backend did to the model's rules that the result depends on (relevance rules:
+    #: the canonizations applied), as sentences
+    notes: Tuple[str, ...] = ()
 
 
 @dataclass

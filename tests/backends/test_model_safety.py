@@ -348,9 +348,9 @@ FAILURES = {
     "backward_raises_gradcam": (lambda m, x: cnnlens.explain(m, x, "gradcam", layer=["bn1"]), RuntimeError, "backward"),
     "backward_raises_guided": (lambda m, x: cnnlens.explain(m, x, "guided_backprop"), RuntimeError, "backward"),
     "grad_logits_raises_guided": (lambda m, x: cnnlens.load(m).backward(x, _raise_in_callback, layers=["bn1", "bn2"],
-                                                                       relu="guided"), KeyError),
+                                                                       rules="guided"), KeyError),
     "grad_logits_raises_deconv": (lambda m, x: cnnlens.load(m).backward(x, _raise_in_callback, layers=["relu1"],
-                                                                       relu="deconv"), KeyError),
+                                                                       rules="deconv"), KeyError),
 }
 
 
@@ -414,7 +414,7 @@ def test_relu_is_plain_after_failed_guided_call_on_a_functional_relu_model():
         model.bomb.armed = False
     assert_relu_is_plain()
     with pytest.raises(KeyError):
-        cnnlens.load(model).backward(x, _raise_in_callback, relu="guided")  # raises after the guided forward
+        cnnlens.load(model).backward(x, _raise_in_callback, rules="guided")  # raises after the guided forward
     assert_relu_is_plain()
     xt = torch.tensor(x, requires_grad=True)
     logits = model(xt)

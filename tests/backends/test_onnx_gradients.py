@@ -94,7 +94,7 @@ def test_input_and_layer_gradients_equal_autograd(zoo, name, exporter):
     reference = torch_backend(model)
     torch_layer = reference.default_layer(x.shape)
     onnx_layer = backend.resolve_layer(torch_layer)
-    got = backend.backward(x, seed, layers=[onnx_layer], relu="plain", input_grad=True)
+    got = backend.backward(x, seed, layers=[onnx_layer], rules="plain", input_grad=True)
     want_input, _ = autograd(model, x, classes)
     assert_close(got.input_grad, want_input, TOL)
     # the layer's gradient as the torch backend takes it (its hooks survive DenseNet's in-place ReLU)
@@ -107,7 +107,11 @@ def test_input_and_layer_gradients_equal_autograd(zoo, name, exporter):
 #: under 1e-6, ONNX Runtime's convolution rounds the other way, and that point's gradient differs by 1.3%
 #: (PyTorch float32 agrees with float64 there; each point alone agrees to 7e-7). Ablation-CAM's weights
 #: are differences of nearly equal scores divided by the score.
-LOOSER = {"integrated_gradients": 2.5e-3, "ablationcam": 1e-3}
+#: LRP divides by each layer's (and residual sum's) stabilised output: where a sum of a negative BatchNorm
+#: output and a positive skip nearly cancels, float32 rounding of the two runtimes' convolutions (and of
+#: the exporter's folded BatchNorm) shows relatively large there (the peer parity tests hold <= 1e-4 on
+#: images where the float32 reference is stable: tests/methods/test_relevance_peers.py).
+LOOSER = {"integrated_gradients": 2.5e-3, "ablationcam": 1e-3, "lrp": 1e-3}
 
 
 @pytest.mark.parametrize("name,exporter", CASES)
@@ -130,6 +134,11 @@ def test_every_method_equals_the_module_through_compare(zoo, name, exporter):
         # maps made of score differences (occlusion, Score-CAM's weights) are compared on the scores' scale
         scale = (np.abs(result.a.logits).max() if method in ("occlusion", "scorecam", "rise", "ablationcam")
                  else np.abs(result.a.maps).max())
+        if method in ("lrp", "deeplift") and scale < 1e-4 * np.abs(result.a.logits).max():
+            # relevance that never reaches the input (ConvNeXt's LayerNorms have no LRP rule; a random
+            # EfficientNet's saturated outputs leave DeepLIFT maps of 1e-13): both say so, the rest is noise
+            assert np.abs(result.b.maps).max() < 1e-4 * np.abs(result.b.logits).max(), method
+            continue
         assert scale > 0, method
         worst = float(np.abs(result.a.maps - result.b.maps).max() / scale)
         assert worst <= LOOSER.get(method, TOL), (method, worst)

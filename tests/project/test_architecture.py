@@ -136,5 +136,5 @@ def test_shared_definitions_are_made_once():
     texts = {name: open(path, encoding="utf-8").read() for name, path in _modules().items()}
     where = lambda text: sorted(n for n, t in texts.items() if text in t)  # noqa: E731
     assert where("font-family:system-ui") == ["cnnlens.adapters.page_style"]
-    assert where("0.485, 0.456, 0.406") == ["cnnlens.adapters.images"]
+    assert where("0.485, 0.456, 0.406") == ["cnnlens.core.types"]
     assert where('("plain", "guided", "deconv")') == ["cnnlens.core.backend"]

@@ -393,7 +393,7 @@ API_CASES = [
     case("noise-string", lambda c: on_torch(c, X, "smoothgrad", noise="0.1"), cnnlens.InvalidInputError,
          r"noise must be a fraction >= 0"),
     case("smoothgrad-base-unknown", lambda c: on_torch(c, X, "smoothgrad", base="gradcam"), cnnlens.InvalidInputError,
-         r"base must be one of saliency, guided_backprop, deconvnet, input_x_gradient, integrated_gradients; got 'gradcam'"),
+         r"base must be one of saliency, guided_backprop, deconvnet, input_x_gradient, integrated_gradients, lrp, deeplift; got 'gradcam'"),
     case("batch-size-negative", lambda c: on_torch(c, X, "gradcam", batch_size=-1), cnnlens.InvalidInputError,
          r"batch_size must be a positive int, got -1"),
     case("batch-size-bool", lambda c: on_torch(c, X, "saliency", batch_size=True), cnnlens.InvalidInputError,

@@ -163,7 +163,8 @@ class OnnxBackend(Passes, ShapeReading):
         try:
             if self._per_image and len(feeds[self.input_name]) > 1:
                 count = len(feeds[self.input_name])
-                parts = [runtime.run(session, {k: v[i:i + 1] for k, v in feeds.items()}, outputs, where, self._binding())
+                parts = [runtime.run(session, {k: v[i:i + 1] if len(v) == count else v for k, v in feeds.items()}, outputs,
+                                     where, self._binding())
                          for i in range(count)]
                 return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
             return runtime.run(session, feeds, outputs, where, self._binding())

@@ -57,7 +57,7 @@ def gradient_capabilities(graph: Graph, output: str) -> Tuple[FrozenSet[str], Di
     if not problems:
         return base.GRADIENTS, {}
     why = f"the gradient cannot pass {_describe(problems)}" + _outputs_before(graph, output, problems)
-    limits = {base.INPUT_GRADIENTS: why, base.RELU_RULES: why}
+    limits = {capability: why for capability in base.INPUT_RULES}
     blocked = _upstream(graph, [n for n, _ in problems])
     clean_convs = [n for n in graph.data_nodes() if n.op_type == "Conv" and node_name(n) not in blocked]
     if clean_convs:
@@ -84,7 +84,7 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: autodiff.G
         return autodiff.build(model, graph, output, request, types.shapes, types.dtypes, probe)
     except autodiff.UnsupportedOp as error:
         if request.input_grad:
-            still = supported_methods(capabilities - {base.INPUT_GRADIENTS, base.RELU_RULES})
+            still = supported_methods(capabilities - base.INPUT_RULES)
             where, hint = "the input", ""
         else:
             still = supported_methods(capabilities - base.GRADIENTS)

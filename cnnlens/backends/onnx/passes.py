@@ -3,17 +3,18 @@ model: scores, activations, input and layer gradients) and the CAM head's."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ...core.errors import InvalidInputError, LayerError, ModelError
 from ...core.backend import picks_argmax, seed_rows
+from ...core.relevance import DeepLiftRules, Rules, is_relevance
 from ...core.types import Pass
 from .. import base
 from . import runtime
 from .gradients import NotDifferentiable
-from .autodiff import RELU_RULE_NAMES, GradientRequest
+from .autodiff import DEEPLIFT, RELU_RULE_NAMES, GradientRequest, reference_input
 from .cut import CUT_INPUT, cut_at
 from .graph import node_name
 from .head import find_head
@@ -47,29 +48,35 @@ class Passes:
         return Pass(scores(outputs[0]), activations=activations)
 
     def backward(self, x: np.ndarray, grad_logits: base.GradLogits, layers: Sequence[str] = (),
-                 relu: str = "plain", input_grad: bool = True) -> Pass:
+                 rules: Rules = "plain", input_grad: bool = True) -> Pass:
         """One run of the gradient model: the scores, the layers' activations and true gradients, and
-        the input gradient under ``relu``. A ClassSeed asking for each image's arg-max class is made
-        inside the model, so every request is one forward and one backward pass."""
-        if relu not in RELU_RULE_NAMES:
-            raise InvalidInputError(f"relu must be one of {', '.join(RELU_RULE_NAMES)}, got {relu!r}")
+        the input gradient under ``rules``. A ClassSeed asking for each image's arg-max class is made
+        inside the model, so every request is one forward and one backward pass (DeepLIFT adds one
+        forward pass of its baseline, kept for later calls)."""
+        if not is_relevance(rules) and rules not in RELU_RULE_NAMES:
+            raise InvalidInputError(f"rules must be one of {', '.join(RELU_RULE_NAMES)} or relevance rules, got {rules!r}")
+        if is_relevance(rules) and layers:
+            raise InvalidInputError("relevance rules give the input's relevance only: ask for no layers")
         model_x = self._prepare(x)
         names = list(dict.fromkeys(layers))
         tensors = tuple(self._tensor(n) for n in names)
         argmax = picks_argmax(grad_logits)
-        request = GradientRequest(tensors, bool(input_grad), relu, "argmax" if argmax else "input")
+        key = DEEPLIFT if isinstance(rules, DeepLiftRules) else rules
+        request = GradientRequest(tensors, bool(input_grad), key, "argmax" if argmax else "input")
         try:
             session, built = self._gradient_session(request, tuple(model_x.shape[1:]))
         except NotDifferentiable as error:
             if input_grad:  # what this model cannot do, later calls are told up front, and why
-                self.capabilities = self.capabilities - {base.INPUT_GRADIENTS, base.RELU_RULES}
-                self.limits = {**self.limits, base.INPUT_GRADIENTS: error.reason, base.RELU_RULES: error.reason}
+                self.capabilities = self.capabilities - base.INPUT_RULES
+                self.limits = {**self.limits, **{c: error.reason for c in base.INPUT_RULES}}
             raise
         feeds = {self.input_name: model_x}
         if not argmax:
             feeds[built.seed] = self._seed(grad_logits, x, model_x)
+        if isinstance(rules, DeepLiftRules):
+            feeds.update(self._references(rules, built.references))
         outputs = self._run(session, feeds, built.outputs)
-        result = Pass(scores(outputs[0]))
+        result = Pass(scores(outputs[0]), notes=built.notes)
         rest = outputs[1 + len(tensors):]
         if input_grad:
             result.input_grad = self._to_nchw(self.input_name, rest.pop(0))
@@ -77,6 +84,19 @@ class Passes:
             result.activations[name] = self._to_nchw(tensor, activation)
             result.gradients[name] = self._to_nchw(tensor, gradient)
         return result
+
+    def _references(self, rules: DeepLiftRules, tensors: Sequence[str]) -> Dict[str, np.ndarray]:
+        """The baseline's values of ``tensors`` (one forward pass per baseline, kept), as fed to the
+        DeepLIFT gradient model."""
+        baseline = np.ascontiguousarray(np.broadcast_to(rules.baseline, (1,) + tuple(rules.baseline.shape)),
+                                        dtype=np.float32)
+
+        def make() -> Dict[str, np.ndarray]:
+            model_x = self._prepare(baseline)
+            values = self._run(self._forward_session(frozenset(tensors) - {self.output}), {self.input_name: model_x},
+                               list(tensors))
+            return {reference_input(t): v for t, v in zip(tensors, values)}
+        return self._sessions.get(("deeplift baseline", rules.key, tuple(tensors)), make)
 
     def _seed(self, grad_logits: base.GradLogits, x: np.ndarray, model_x: np.ndarray) -> np.ndarray:
         """The gradient of the explained score with respect to the outputs (a target given as classes or

@@ -23,6 +23,7 @@ from torch import nn
 
 from ...core.backend import BackendSpec, OcclusionScorer, seed_rows, spec_layout
 from ...core.errors import InvalidInputError, LayerError, ModelError, unknown_layer
+from ...core.relevance import Rules, is_relevance
 from ...core.types import Layer, Pass
 from .. import base
 from .eval_state import evaluating
@@ -31,13 +32,14 @@ from .host import numpy_of, to_host
 from .hooks import Call, Captured, Hooks
 from .outputs import remember, scores_in
 from .randomise import own_float_parameters, reinitialise
+from .relevance import relevance_pass
 from .relu import ReluRuleMode
 from .replace import run_replaced
 from .tracing import Trace, trace
 
 _CAPABILITIES = frozenset({
     base.FORWARD, base.ACTIVATIONS, base.INPUT_GRADIENTS, base.LAYER_GRADIENTS,
-    base.RELU_RULES, base.WEIGHTS, base.LINEAR_HEAD,
+    base.RELU_RULES, base.RELEVANCE_RULES, base.WEIGHTS, base.LINEAR_HEAD,
     base.RANDOMISE, base.REPLACE_LAYER, base.INCREMENTAL_OCCLUSION,
 })
 #: What TorchScript allows: no hooks on compiled modules, and compiled code calls its ReLUs
@@ -338,9 +340,13 @@ class TorchBackend:
             ) from error
 
     def backward(self, x: np.ndarray, grad_logits: base.GradLogits, layers: Sequence[str] = (),
-                 relu: str = "plain", input_grad: bool = True) -> Pass:
-        """``relu`` is the rule for the input gradient; layer gradients are always the true ones.
-        Both come from one forward pass (two backward passes when the rules differ)."""
+                 rules: Rules = "plain", input_grad: bool = True) -> Pass:
+        """``rules`` are the rules for the input gradient; layer gradients are always the true ones.
+        Both come from one forward pass (two backward passes when the rules differ). Relevance
+        rules (LRP, DeepLIFT) run in their own mode (``relevance.py``), with no layers."""
+        if is_relevance(rules):
+            return relevance_pass(self, x, grad_logits, rules, layers)
+        relu = str(rules)
         mode = ReluRuleMode(relu) if relu != "plain" else None
         with self.call(layers, grad=True) as call, torch.inference_mode(False), torch.enable_grad():
             xt = self.to_tensor(x)

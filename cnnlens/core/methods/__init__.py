@@ -1,8 +1,8 @@
 """The methods, one module per family; each is described once in the registry (``METHODS``) and
 run through ``run``. METHODS.md defines what each computes."""
 
-# registration order is the order methods are listed in (inputs, CAM family, perturbation, activations)
-from . import input_gradients, cam_family, perturbation, activations  # noqa: F401,I001
+# registration order is the order methods are listed in (inputs, relevance, CAM family, perturbation, activations)
+from . import input_gradients, relevance, cam_family, perturbation, activations  # noqa: F401,I001
 from .common import Backend, LayerSpec, check_images
 from .dispatch import run
 from .registry import (LAYER_MAP, CAM, HEAD_LAYER, INPUT, LAYERS, METHODS, NO_LAYER, ONE_LAYER, Method, Option, all_options,

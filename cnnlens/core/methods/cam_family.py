@@ -43,7 +43,7 @@ def gradient_cams(backend: Backend, x: np.ndarray, target: Target, layer: LayerS
     batch_outputs: List[np.ndarray] = []
     read = LayerMaps(backend, x, reshape, method, layer)
     for sl in batches(len(x), size):
-        p = backend.backward(x[sl], seed(target, sl), layers=names, relu="guided" if guided else "plain",
+        p = backend.backward(x[sl], seed(target, sl), layers=names, rules="guided" if guided else "plain",
                              input_grad=guided)
         for i, name in enumerate(names):
             activation = read.activation(name, p.activations[name])

@@ -27,7 +27,7 @@ def _gradients(backend: Backend, x: np.ndarray, target: Target, relu: str, batch
     grads: List[np.ndarray] = []
     outputs: List[np.ndarray] = []
     for sl in batches(len(x), batch):
-        p = backend.backward(x[sl], seed(target, sl), relu=relu, input_grad=True)
+        p = backend.backward(x[sl], seed(target, sl), rules=relu, input_grad=True)
         assert p.input_grad is not None  # asked for with input_grad=True
         grads.append(p.input_grad)
         outputs.append(p.logits)
@@ -118,7 +118,7 @@ def _integrated(backend: Backend, x: np.ndarray, target: Target, batch: int, ste
         for sl in batches(len(owners), batch):
             n, k = owners[sl], where[sl]
             points = (reference + alphas[k].astype(np.float32)[:, None, None, None] * delta[n]).astype(np.float32)
-            p = backend.backward(points, ClassSeed(goal.target_for(n)), relu="plain", input_grad=True)
+            p = backend.backward(points, ClassSeed(goal.target_for(n)), rules="plain", input_grad=True)
             assert p.input_grad is not None  # asked for with input_grad=True
             grads = p.input_grad.reshape(len(n), -1)
             for image in np.unique(n):  # each image's points in this batch, weighted, in one product
@@ -182,7 +182,7 @@ def _base_options(value: Any) -> Dict[str, Any]:
     Option("variant", "smoothgrad", " | ".join(SMOOTHGRAD_VARIANTS) + " (smoothgrad)",
            one_of("variant", SMOOTHGRAD_VARIANTS), str),
     Option("base", "saliency", "the input attribution to smooth: any of "
-           "saliency, guided_backprop, deconvnet, input_x_gradient, integrated_gradients (saliency)", _base_name, str),
+           "saliency, guided_backprop, deconvnet, input_x_gradient, integrated_gradients, lrp, deeplift (saliency)", _base_name, str),
     Option("base_options", None, "the base method's own options, a dict (Python only)", _base_options),
 ])
 def smoothgrad(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *,

@@ -4,8 +4,9 @@ from .builder import (RELU_RULE_NAMES, GradientModel, GradientRequest, Unsupport
                       backward_chain, build, class_rows, missing_rules, opset_of, predicted_classes,
                       taken_names)
 from .emit import Emitter
+from .relevance import DEEPLIFT, reference_input
 from .rules import OP_RULES
 
 __all__ = ["RELU_RULE_NAMES", "GradientModel", "GradientRequest", "UnsupportedOp", "build", "missing_rules", "OP_RULES",
            "ancestors", "argmax_rows", "backward_chain", "opset_of", "Emitter", "class_rows", "predicted_classes",
-           "taken_names"]
+           "taken_names", "DEEPLIFT", "reference_input"]

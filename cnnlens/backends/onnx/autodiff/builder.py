@@ -12,7 +12,7 @@ two backward chains over one forward pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -20,8 +20,10 @@ import onnx
 from onnx import helper
 
 from ....core.backend import RELU_RULE_NAMES
+from ....core.relevance import LrpRules
 from ..graph import Graph, node_name, value_inputs
 from .context import Context, NoRule, Shape
+from .relevance import DEEPLIFT, RelevanceChain, RelevanceRules, reference_input
 from .emit import Emitter
 from .rules import CHECKS, OP_RULES
 
@@ -38,21 +40,26 @@ class UnsupportedOp(Exception):
 @dataclass(frozen=True)
 class GradientRequest:
     """What one backward model computes: true gradients at ``layers`` (tensor names), and the
-    input gradient under the ReLU rule ``relu`` when ``input_grad``. ``seed``: "input" (the
-    gradient with respect to the scores comes in as an extra input) or "argmax" (one-hot rows of
-    each image's highest score, made in the graph)."""
+    input gradient under ``rules`` when ``input_grad``: a ReLU rule name, an ``LrpRules`` or
+    ``DEEPLIFT`` (relevance rules: no layers). ``seed``: "input" (the gradient with respect to the
+    scores comes in as an extra input) or "argmax" (one-hot rows of each image's highest score,
+    made in the graph)."""
 
     layers: Tuple[str, ...] = ()
     input_grad: bool = True
-    relu: str = "plain"
+    rules: RelevanceRules = "plain"
     seed: str = "input"
 
-    def passes(self, input_name: str) -> List[Tuple[str, Tuple[str, ...]]]:
-        """(ReLU rule, gradient sources) for each backward chain."""
-        if self.relu != "plain" and self.input_grad and self.layers:
-            return [("plain", self.layers), (self.relu, (input_name,))]
+    @property
+    def relevance(self) -> bool:
+        return isinstance(self.rules, LrpRules) or self.rules == DEEPLIFT
+
+    def passes(self, input_name: str) -> List[Tuple[RelevanceRules, Tuple[str, ...]]]:
+        """(rules, gradient sources) for each backward chain."""
+        if self.rules != "plain" and self.input_grad and self.layers:
+            return [("plain", self.layers), (self.rules, (input_name,))]
         sources = self.layers + ((input_name,) if self.input_grad else ())
-        return [(self.relu if self.input_grad else "plain", sources)]
+        return [(self.rules if self.input_grad else "plain", sources)]
 
 
 @dataclass
@@ -62,6 +69,10 @@ class GradientModel:
     model: onnx.ModelProto
     seed: str                   # the name of the seed input (absent from the model for an "argmax" seed)
     outputs: List[str]          # [scores, activations..., input gradient?, layer gradients...]
+    #: tensors whose values on the baseline come in as ``reference_input(tensor)`` (DeepLIFT)
+    references: List[str] = field(default_factory=list)
+    #: what the relevance rules applied (``Pass.notes``)
+    notes: Tuple[str, ...] = ()
 
 
 #: ops that select rather than compute, and are not differentiable by nature: a model's post-processing
@@ -144,25 +155,38 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: GradientRe
     axis symbolic). ``probe(tensor)``: the value of a tensor computed from the input's shape alone
     (a Slice bound, a Pad amount) when it is the same for every batch size, else None. Raises
     UnsupportedOp naming the first node that cannot be differentiated."""
-    if request.relu not in RELU_RULE_NAMES:
-        raise ValueError(f"relu must be one of {RELU_RULE_NAMES}, got {request.relu!r}")
+    if not request.relevance and request.rules not in RELU_RULE_NAMES:
+        raise ValueError(f"rules must be one of {RELU_RULE_NAMES}, an LrpRules or {DEEPLIFT!r}, got {request.rules!r}")
     emitter = Emitter(opset_of(model), taken_names(model), "cnnlens_grad/")
     seed_input = emitter.fresh("seed")
-    seed = argmax_rows(emitter, output, dtypes) if request.seed == "argmax" else seed_input
+    scores = output
+    producer = graph.producer.get(output)
+    if request.relevance and producer is not None and producer.op_type == "Softmax":
+        scores = producer.input[0]  # relevance starts at the logits: a final Softmax is skipped
+    seed = argmax_rows(emitter, scores, dtypes) if request.seed == "argmax" else seed_input
+    if isinstance(request.rules, LrpRules):  # relevance starts as the explained score itself
+        seed = emitter.mul(seed if len(shapes.get(scores) or ()) == 2 else emitter.reshape_like(seed, scores), scores)
     input_name = graph.input.name
     gradients: Dict[str, str] = {}
-    for relu, sources in request.passes(input_name):
-        found = backward_chain(emitter, graph, output, seed, relu, sources, shapes, dtypes, probe)
+    chain: Optional[RelevanceChain] = None
+    for rules, sources in request.passes(input_name):
+        found, made = _chain(emitter, graph, scores, seed, rules, sources, shapes, dtypes, probe)
+        chain = made or chain
         for source in sources:
             gradients.setdefault(source, found[source])
-    outputs = [output]
+    outputs = [scores]
     for layer in request.layers:  # an activation that is already an output gets a name of its own
         outputs.append(layer if layer not in outputs else emitter.op("Identity", [layer]))
     wanted = ([input_name] if request.input_grad else []) + list(request.layers)
     for source in wanted:  # each gradient under its own name (two sources may share a tensor)
         outputs.append(emitter.op("Identity", [gradients[source]]))
     fed = seed_input if request.seed != "argmax" else None
-    return GradientModel(_assemble(model, emitter, fed, output, outputs, dtypes), seed_input, outputs)
+    references = chain.references if chain is not None else []
+    notes = chain.notes() if chain is not None else ()
+    if scores != output:
+        notes = ("the model's final Softmax was skipped: the explained scores are its input, the logits",) + notes
+    built = _assemble(model, emitter, fed, output, outputs, dtypes, [reference_input(t) for t in references])
+    return GradientModel(built, seed_input, outputs, references, notes)
 
 
 def argmax_rows(emitter: Emitter, output: str, dtypes: Dict[str, np.dtype]) -> str:
@@ -192,11 +216,20 @@ def backward_chain(emitter: Emitter, graph: Graph, output: str, seed: str, relu:
     """One backward chain from ``seed`` (the gradient with respect to ``output``) under the ReLU rule
     ``relu``: the gradient tensor of each source (nodes appended to ``emitter``). Raises
     UnsupportedOp naming the first node on the way that has no rule."""
+    return _chain(emitter, graph, output, seed, relu, sources, shapes, dtypes, probe)[0]
+
+
+def _chain(emitter: Emitter, graph: Graph, output: str, seed: str, rules: RelevanceRules, sources: Sequence[str],
+           shapes: Dict[str, Shape], dtypes: Dict[str, np.dtype],
+           probe: Optional[Callable[[str], Optional[np.ndarray]]]) -> Tuple[Dict[str, str], Optional[RelevanceChain]]:
+    """``backward_chain`` under any rules: (the sources' gradients, the relevance rules' chain if any)."""
     reached = _descendants(graph, set(sources))
     path = _on_path(graph, reached, output)
     consumed = {i for n in path for i in n.input if i}
     needed = (reached & consumed) | {output} | set(sources)
-    ctx = Context(emitter, graph, shapes, dtypes, relu, needed, probe)
+    relevance = isinstance(rules, LrpRules) or rules == DEEPLIFT
+    ctx = Context(emitter, graph, shapes, dtypes, "plain" if relevance else str(rules), needed, probe)
+    chain = RelevanceChain(ctx, rules, path) if relevance else None
     parts: Dict[str, List[str]] = {}
     totals: Dict[str, str] = {}
 
@@ -219,21 +252,23 @@ def backward_chain(emitter: Emitter, graph: Graph, output: str, seed: str, relu:
         if reason:
             raise UnsupportedOp(node.op_type, node_name(node), reason)
         try:
-            result = backward(ctx, node, grads)
+            result = chain.backward(node, grads) if chain is not None else None
+            if result is None:
+                result = backward(ctx, node, grads)
         except NoRule as error:
             raise UnsupportedOp(node.op_type, node_name(node), str(error)) from None
-        for tensor, grad in zip(node.input, result):
+        for tensor, grad in (result.items() if isinstance(result, dict) else zip(node.input, result)):
             if grad is not None and ctx.needs(tensor):
                 parts.setdefault(tensor, []).append(grad)
     found = {}
     for source in sources:
         grad = gradient(source)
         found[source] = grad if grad is not None else emitter.zeros_like(source, dtypes.get(source, np.dtype(np.float32)))
-    return found
+    return found, chain
 
 
 def _assemble(model: onnx.ModelProto, emitter: Emitter, seed: Optional[str], output: str, outputs: List[str],
-              dtypes: Dict[str, np.dtype]) -> onnx.ModelProto:
+              dtypes: Dict[str, np.dtype], extra_inputs: Sequence[str] = ()) -> onnx.ModelProto:
     built = onnx.ModelProto()
     built.CopyFrom(model)
     graph = built.graph
@@ -242,6 +277,8 @@ def _assemble(model: onnx.ModelProto, emitter: Emitter, seed: Optional[str], out
     scores_type = helper.np_dtype_to_tensor_dtype(dtypes.get(output, np.dtype(np.float32)))
     if seed is not None:
         graph.input.append(helper.make_tensor_value_info(seed, scores_type, None))
+    for name in extra_inputs:
+        graph.input.append(helper.make_tensor_value_info(name, scores_type, None))
     del graph.output[:]
     graph.output.extend(helper.make_empty_tensor_value_info(name) for name in outputs)
     return built

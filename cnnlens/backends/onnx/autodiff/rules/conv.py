@@ -71,17 +71,24 @@ def conv(ctx: Context, node: onnx.NodeProto, grads: List[Optional[str]]):
     rest = [None] * (len(node.input) - 1)
     if not ctx.needs(x):
         return [None] + rest
-    group = int(ctx.attr(node, "group", 1))
     weight = ctx.constant(w)
+    return [input_gradient(ctx, node, g, w, weight.shape if weight is not None else None)] + rest
+
+
+def input_gradient(ctx: Context, node: onnx.NodeProto, g: str, w: str, weight_shape: Optional[Sequence[int]]) -> str:
+    """The gradient with respect to a Conv node's input for output gradient ``g``, with the weights
+    ``w`` (the node's own, or other weights of its shape: LRP's modified ones); ``weight_shape``:
+    their shape when they are constant (None: computed in the graph)."""
+    group = int(ctx.attr(node, "group", 1))
     kernel = ctx.attr(node, "kernel_shape", None)
     if kernel is None:
-        shape = weight.shape if weight is not None else ctx.shape(w)
+        shape = weight_shape if weight_shape is not None else ctx.shape(w)
         if shape is None or any(d is None for d in shape[2:]):
             raise NoRule("Conv without kernel_shape whose weight shape is unknown")
         kernel = list(shape[2:])
-    geometry = window(ctx, node, x, kernel)
-    adjoint = _adjoint_conv(ctx, g, w, weight.shape, geometry, group) if weight is not None else None
-    return [adjoint if adjoint is not None else scatter(ctx, g, w, geometry, group)] + rest
+    geometry = window(ctx, node, node.input[0], kernel)
+    adjoint = _adjoint_conv(ctx, g, w, weight_shape, geometry, group) if weight_shape is not None else None
+    return adjoint if adjoint is not None else scatter(ctx, g, w, geometry, group)
 
 
 @rule("ConvTranspose")
