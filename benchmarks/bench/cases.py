@@ -82,6 +82,12 @@ def cases(w: Workload, backend: str, capabilities: frozenset, channels: int, bat
         rows.append(Case("integrated_gradients", "integrated_gradients", m,
                          _explain(x[:m], t[:m], "integrated_gradients", steps=steps), ("input", None), m * steps,
                          "integrated_gradients", dict(steps=steps, batch=batch["backward"]), m))
+    if gradients and "relevance_rules" in capabilities:  # one backward pass under LRP's / DeepLIFT's rules
+        lrp = dict(composite="epsilon_plus_flat")
+        rows.append(Case("lrp", "lrp", n, _explain(x, t, "lrp", **lrp), ("input", None), n, "lrp", lrp))
+        deeplift = dict(baseline=0.0)
+        rows.append(Case("deeplift", "deeplift", n, _explain(x, t, "deeplift", **deeplift), ("input", None), n,
+                         "deeplift", deeplift))
     if "layer_gradients" in capabilities:
         for variant in ("gradcampp", "xgradcam", "layercam", "hirescam"):
             rows.append(Case(variant, variant, n, _explain(x, t, variant, layer), ("layers", (layer,)), n, variant))

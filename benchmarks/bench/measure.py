@@ -237,6 +237,7 @@ class WorkloadRun:
                 ))
         _relate_layers(out)
         _relate_backends(out)
+        _relate_relevance(out)
         return out
 
     def layers(self, name: str, backend: Any) -> Tuple[str, List[str]]:
@@ -260,6 +261,18 @@ def _relate_backends(rows: List[Dict[str, Any]]) -> None:
             if (other["backend"], other["workload"], other["device"], other["method"]) == \
                     ("torch", row["workload"], row["device"], row["method"]):
                 row["vs_torch"] = other["seconds"] / row["seconds"]
+
+
+def _relate_relevance(rows: List[Dict[str, Any]]) -> None:
+    """Give each LRP and DeepLIFT row its time over guided backprop's on the same backend (one
+    backward pass to the input each, under other rules)."""
+    for row in rows:
+        if row["method"] not in ("lrp", "deeplift"):
+            continue
+        for other in rows:
+            if (other["backend"], other["workload"], other["device"], other["method"]) == \
+                    (row["backend"], row["workload"], row["device"], "guided_backprop"):
+                row["vs_guided_backprop"] = row["seconds"] / other["seconds"]
 
 
 def _relate_layers(rows: List[Dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..core.backend import Backend
 from ..core.errors import InvalidInputError, ModelError
+from ..core.relevance import box_of
 from ..core.methods import METHODS, all_options, check_options_apply, lookup, method_list, supported_methods
 
 # ---------------------------------------------------------------- models and images
@@ -101,8 +102,16 @@ def cli_options() -> Dict[str, Any]:
 
 
 def method_options(method: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """The method's options from the flags; LRP's zB box (--low / --high), when not given, is the
+    [0, 1] pixel box after the --mean / --std the images were normalised with."""
     allowed = lookup(method).defaults
-    return {k: getattr(args, k) for k in cli_options() if getattr(args, k, None) is not None and k in allowed}
+    found = {k: getattr(args, k) for k in cli_options() if getattr(args, k, None) is not None and k in allowed}
+    mean, std = getattr(args, "mean", None), getattr(args, "std", None)
+    if "low" in allowed and "low" not in found and "high" not in found and (mean or std):
+        from ..adapters.images import IMAGENET_MEAN, IMAGENET_STD
+
+        found["low"], found["high"] = box_of(tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD))
+    return found
 
 
 def check_flags(args: argparse.Namespace, methods: Sequence[str]) -> None:

@@ -39,6 +39,8 @@ class Pass:
     #: what the backend did to the model's rules that the result depends on (relevance rules:
     #: the canonizations applied), as sentences
     notes: Tuple[str, ...] = ()
+    #: DeepLIFT: the outputs at the baseline (one image), as the rules explain them
+    baseline_logits: Optional[np.ndarray] = None
 
 
 @dataclass

@@ -73,10 +73,13 @@ class Passes:
         feeds = {self.input_name: model_x}
         if not argmax:
             feeds[built.seed] = self._seed(grad_logits, x, model_x)
+        baseline_logits = None
         if isinstance(rules, DeepLiftRules):
-            feeds.update(self._references(rules, built.references))
+            references = self._references(rules, built.references + [built.outputs[0]])
+            baseline_logits = scores(references.pop(reference_input(built.outputs[0])))
+            feeds.update(references)
         outputs = self._run(session, feeds, built.outputs)
-        result = Pass(scores(outputs[0]), notes=built.notes)
+        result = Pass(scores(outputs[0]), notes=built.notes, baseline_logits=baseline_logits)
         rest = outputs[1 + len(tensors):]
         if input_grad:
             result.input_grad = self._to_nchw(self.input_name, rest.pop(0))
@@ -96,7 +99,7 @@ class Passes:
             values = self._run(self._forward_session(frozenset(tensors) - {self.output}), {self.input_name: model_x},
                                list(tensors))
             return {reference_input(t): v for t, v in zip(tensors, values)}
-        return self._sessions.get(("deeplift baseline", rules.key, tuple(tensors)), make)
+        return dict(self._sessions.get(("deeplift baseline", rules.key, tuple(tensors)), make))
 
     def _seed(self, grad_logits: base.GradLogits, x: np.ndarray, model_x: np.ndarray) -> np.ndarray:
         """The gradient of the explained score with respect to the outputs (a target given as classes or

@@ -285,10 +285,9 @@ def relevance_pass(backend: Any, x: np.ndarray, grad_logits: GradLogits, rules: 
     if layers:
         raise InvalidInputError("relevance rules give the input's relevance only: ask for no layers")
     references: List[Tuple[_T, _T]] = []
+    baseline_logits = None
     if isinstance(rules, DeepLiftRules):
-        baseline = np.broadcast_to(np.asarray(rules.baseline, dtype=np.float32), (1,) + x.shape[1:])
-        with backend.call(), torch.no_grad(), RelevanceMode(rules, record=True, references=references):
-            backend.run_model(backend.to_tensor(np.ascontiguousarray(baseline)))
+        baseline_logits = _record_baseline(backend, rules, x, references)
     mode = RelevanceMode(rules, references=references)
     with backend.call(), torch.inference_mode(False), torch.enable_grad():
         xt = backend.to_tensor(x).requires_grad_(True)
@@ -309,4 +308,26 @@ def relevance_pass(backend: Any, x: np.ndarray, grad_logits: GradLogits, rules: 
     if grad is None:
         grad = torch.zeros_like(xt)
     result = numpy_of(grad.permute(0, 3, 1, 2) if backend.layout == "NHWC" else grad)
-    return Pass(outputs, input_grad=result, notes=mode.notes())
+    return Pass(outputs, input_grad=result, notes=mode.notes(), baseline_logits=baseline_logits)
+
+
+def _record_baseline(backend: Any, rules: DeepLiftRules, x: np.ndarray, references: List[Tuple[_T, _T]]) -> np.ndarray:
+    """The baseline's outputs (one image), its activations' inputs and outputs appended to
+    ``references`` in call order; run as one image, or as many as ``x`` holds for a program exported
+    with a fixed batch."""
+    for count in dict.fromkeys((1, len(x))):
+        del references[:]
+        baseline = np.array(np.broadcast_to(rules.baseline, (count,) + x.shape[1:]), dtype=np.float32)
+        mode = RelevanceMode(rules, record=True, references=references)
+        try:
+            with backend.call(), torch.no_grad(), mode:
+                logits = backend.scores_of(backend.run_model(backend.to_tensor(baseline)))
+        except InvalidInputError:
+            if count == len(x):
+                raise
+            continue
+        if mode.softmax is not None and mode.softmax[1] is logits:
+            logits = mode.softmax[0]
+        references[:] = [(s[:1], out[:1]) for s, out in references]
+        return numpy_of(logits[:1])
+    raise AssertionError("unreachable: the last try raises")

@@ -13,7 +13,7 @@ from ..errors import InvalidInputError
 from ..occlusion import as_baseline
 from ..relevance import COMPOSITES, DeepLiftRules, LrpRules, box_of, conservation
 from ..targets import Target, objective
-from ..types import Explanation
+from ..types import Explanation, Pass
 from .common import Backend, LayerSpec, backward_batch, batches, seed
 from .input_gradients import Attribution
 from .registry import BASELINE, INPUT, Option, fraction, one_of, register
@@ -66,18 +66,20 @@ def lrp_rules(composite: str, epsilon: float, gamma: float, low: Bound, high: Bo
 
 
 def _relevance(backend: Backend, x: np.ndarray, target: Target, rules: Any,
-               batch: int) -> Tuple[np.ndarray, np.ndarray, Tuple[str, ...]]:
-    """(the input gradient under ``rules``, outputs, the backend's notes), batch by batch."""
+               batch: int) -> Tuple[np.ndarray, np.ndarray, Pass]:
+    """(the input gradient under ``rules``, outputs, the first batch's pass: its notes, the
+    baseline's outputs), batch by batch."""
     grads: List[np.ndarray] = []
     outputs: List[np.ndarray] = []
-    notes: Tuple[str, ...] = ()
+    first: Optional[Pass] = None
     for sl in batches(len(x), batch):
         p = backend.backward(x[sl], seed(target, sl), rules=rules, input_grad=True)
         assert p.input_grad is not None  # asked for with input_grad=True
         grads.append(p.input_grad)
         outputs.append(p.logits)
-        notes = notes or p.notes
-    return np.concatenate(grads).astype(np.float32), np.concatenate(outputs), notes
+        first = first or p
+    assert first is not None  # x holds at least one image
+    return np.concatenate(grads).astype(np.float32), np.concatenate(outputs), first
 
 
 def _lrp(backend: Backend, x: np.ndarray, target: Target, batch: int, composite: str = "epsilon_plus_flat",
@@ -99,11 +101,11 @@ def lrp(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *, co
     per image, and ``canonization`` (what the backend merged and which rule each layer got).
     """
     rules = lrp_rules(composite, epsilon, gamma, low, high)
-    maps, outputs, notes = _relevance(backend, x, target, rules, backward_batch(backend, batch_size, x))
+    maps, outputs, first = _relevance(backend, x, target, rules, backward_batch(backend, batch_size, x))
     goal = objective(target, outputs)
     exp = Explanation("lrp", maps, goal.record, outputs)
     exp.extras.update(conservation(maps, goal.score(outputs, np.arange(len(x)))))
-    exp.extras["canonization"] = np.array(notes, dtype=str)
+    exp.extras["canonization"] = np.array(first.notes, dtype=str)
     if composite == "epsilon_gamma_box":
         exp.extras["box"] = np.array([rules.low, rules.high], dtype=np.float64)
     return exp
@@ -112,11 +114,13 @@ def lrp(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *, co
 def _deeplift(backend: Backend, x: np.ndarray, target: Target, batch: int,
               baseline: Any = 0.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[str, ...]]:
     """(attributions, outputs, the summation-to-delta error per image, notes)."""
-    reference = np.ascontiguousarray(np.broadcast_to(as_baseline(baseline, x.shape[1:]), x.shape[1:]), dtype=np.float32)
-    multipliers, outputs, notes = _relevance(backend, x, target, DeepLiftRules(reference), batch)
+    reference = np.array(np.broadcast_to(as_baseline(baseline, x.shape[1:]), x.shape[1:]), dtype=np.float32)
+    multipliers, outputs, first = _relevance(backend, x, target, DeepLiftRules(reference), batch)
     attributions = ((x - reference) * multipliers).astype(np.float32)
     # the baseline's scores as the rules explain them (a final Softmax skipped, as for the images)
-    base = backend.backward(reference[None], seed(target, slice(0, 1)), rules=DeepLiftRules(reference)).logits
+    base = first.baseline_logits
+    assert base is not None  # a backend's DeepLIFT pass returns them
+    notes = first.notes
     goal = objective(target, outputs)
     owners = np.arange(len(x))
     gap = goal.score(outputs, owners) - goal.score(np.broadcast_to(base, (len(x),) + base.shape[1:]), owners)
