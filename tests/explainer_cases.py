@@ -142,8 +142,10 @@ IG = {"steps": 2, "batch_size": 1}
 CASES = {
     "resnet50": Case("resnet50", _resnet50, options={"integrated_gradients": IG,
                                                      "scorecam": {"layer": "layer1.0.conv1"}}),
+    # no GAP -> linear head (CAM); DeepLIFT's maps on this random-weight model are ~1e-10 against outputs of
+    # ~0.03 (they barely move from the baseline's): float32 noise on every backend, nothing to compare
     "mobilenet_v3_large": Case("mobilenet_v3_large", _torchvision("mobilenet_v3_large"),
-                               methods=[m for m in exportable_methods() if m != "cam"],  # no GAP -> linear head
+                               methods=[m for m in exportable_methods() if m not in ("cam", "deeplift")],
                                options={"integrated_gradients": IG, "scorecam": {"layer": "features.1"}}),
     "densenet121": Case("densenet121", _torchvision("densenet121", batchnorm=False), layer="/Relu", seed=4,
                         options={"integrated_gradients": IG, "scorecam": {"layer": "features.conv0"}}),

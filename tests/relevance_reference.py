@@ -127,9 +127,9 @@ class _Graph:
                 users.setdefault(i, []).append(n)
         first = users[self.input][0]
         self.nhwc = first.op_type == "Transpose" and list(first.attribute[0].ints) == [0, 3, 1, 2]
-        sole = lambda t, op: (users[t][0] if t not in outs and len(users.get(t, [])) == 1
+        sole = lambda t, op: (users[t][0] if t not in outs and len(users.get(t, [])) == 1  # noqa: E731
                               and users[t][0].op_type == op else None)
-        attrs = lambda n: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        attrs = lambda n: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}  # noqa: E731
         self.ops: list[_Op] = []
         self.softmax: tuple[str, int] | None = None
         skip: set[int] = set()
@@ -188,7 +188,7 @@ class _Graph:
         if self.opset < 11:  # Clip: attributes min/max up to opset 10, optional inputs from 11
             lo, hi = at.get("min", -np.inf), at.get("max", np.inf)
         else:
-            get = lambda k, d: float(self.c[op.inputs[k]]) if len(op.inputs) > k and op.inputs[k] else d
+            get = lambda k, d: float(self.c[op.inputs[k]]) if len(op.inputs) > k and op.inputs[k] else d  # noqa: E731
             lo, hi = get(1, -np.inf), get(2, np.inf)
         return lambda s: np.clip(s, lo, hi), lambda s: ((s >= lo) & (s <= hi)) * 1.0
 
@@ -350,9 +350,8 @@ def lrp_reference(path, x_nchw: np.ndarray, target, composite: str, epsilon: flo
                 raise ValueError("zbox needs explicit low/high for a non-RGB input")
             low = (0.0 - IMAGENET_MEAN) / IMAGENET_STD if low is None else low
             high = (1.0 - IMAGENET_MEAN) / IMAGENET_STD if high is None else high
-        per = lambda q: np.asarray(q, np.float64).reshape(-1, 1, 1) if np.ndim(q) == 1 else \
-            np.asarray(q, np.float64)
-        low, high = per(low), per(high)
+        low, high = (np.asarray(q, np.float64).reshape(-1, 1, 1) if np.ndim(q) == 1 else np.asarray(q, np.float64)
+                     for q in (low, high))
 
     def step(op: _Op, v: dict, R: np.ndarray):
         a = v[op.inputs[0]]

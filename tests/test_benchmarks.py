@@ -562,3 +562,33 @@ def test_the_speed_page_holds_every_section_the_scripts_write():
     spans.sort()
     assert all(a_end < b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
     assert ":start -->" not in (root / "README.md").read_text()
+
+
+# ---------------------------------------------------------------- LRP and DeepLIFT rows
+
+
+def test_relevance_rows_their_peers_and_targets():
+    w = _fake_workload()
+    batch = {"forward": 16, "backward": 4}
+    caps = frozenset({"forward", "input_gradients", "relu_rules", "relevance_rules"})
+    got = {c.method: c for c in cases.cases(w, "torch", caps, channels=12, batch=batch)}
+    assert [m for m in got if m in ("lrp", "deeplift")] == ["lrp", "deeplift"]
+    assert got["lrp"].floor == ("input", None) and got["lrp"].passes == 6 and got["lrp"].peer_method == "lrp"
+    assert got["lrp"].peer_settings == dict(composite="epsilon_plus_flat")
+    assert got["deeplift"].peer_method == "deeplift" and got["deeplift"].peer_settings == dict(baseline=0.0)
+    onnx = {c.method: c for c in cases.cases(w, "onnx", caps, 12, batch)}
+    assert onnx["lrp"].peer_method is None and onnx["deeplift"].floor == ("forward", None)
+    # no relevance rules, no rows
+    assert "lrp" not in [c.method for c in cases.cases(w, "torch", caps - {"relevance_rules"}, 12, batch)]
+    assert peers.zennit("saliency", None, None, None, "", {}) is None      # zennit answers LRP only
+
+    rows = [dict(_full_row(m, s), backend=b) for m, s, b in (
+        ("guided_backprop", 1.0, "onnx"), ("lrp", 1.2, "onnx"), ("deeplift", 2.0, "onnx"), ("lrp", 3.0, "torch"))]
+    rows[-1]["peers"] = {"zennit": {"ratio": 1.6}}
+    measure._relate_relevance(rows)
+    assert rows[1]["vs_guided_backprop"] == pytest.approx(1.2) and rows[2]["vs_guided_backprop"] == pytest.approx(2.0)
+    assert "vs_guided_backprop" not in rows[3]                            # no torch guided_backprop row
+    got = [(c["method"], c["backend"], c["value"], c["passed"]) for c in results.check_targets(rows)
+           if c["method"] in ("lrp", "deeplift")]
+    assert got == [("lrp", "torch", 1.6, True), ("lrp", "onnx", pytest.approx(1.2), True),
+                   ("deeplift", "onnx", pytest.approx(2.0), False)]

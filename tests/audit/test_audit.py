@@ -236,3 +236,18 @@ def test_a_model_that_is_not_a_classifier_is_told_so(data, tmp_path):
     with pytest.raises(cnnlens.ModelError, match=r"output has shape \(1, 2, 32, 32\); an audit explains classifiers"):
         audit(Segmenter().eval(), root, str(tmp_path / "out"), ["saliency"], **KW)
     assert not os.path.exists(tmp_path / "out" / "results")  # refused before any work
+
+
+def test_lrp_audits_as_explain_maps_it_with_its_options(data, model, tmp_path):
+    """SpRAy's original setting: LRP maps of a dataset, clustered; rows equal cnnlens.explain's with the
+    composite asked for, and the composite is part of the job (a rerun with another is refused)."""
+    root, paths = data
+    out = str(tmp_path / "lrp")
+    options = {"lrp": {"composite": "epsilon_gamma_box", "low": -2.0, "high": 2.0}}
+    audit(model, root, out, ["lrp"], options=options, **KW)
+    table, maps = read_results(out)
+    x, _ = images.prepare([os.path.join(root, p) for p in paths], SIZE, MEAN, STD)
+    exp = cnnlens.explain(model, x, "lrp", **options["lrp"])
+    np.testing.assert_allclose(maps, small_maps(exp.maps, 8), atol=1e-6)
+    with pytest.raises(InvalidInputError):
+        audit(model, root, out, ["lrp"], options={"lrp": {"composite": "epsilon"}}, **KW)

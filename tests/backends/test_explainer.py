@@ -13,7 +13,9 @@ import pytest
 
 from tests import explainer_cases as cases
 
-SIZE_LIMIT = 1.05
+#: weights are never stored twice (that would be 2x): what an explainer adds is its nodes, 1-2% of a
+#: model per backward chain (DenseNet-121 with every method, the relevance rules' chains included: 1.07x)
+SIZE_LIMIT = 1.10
 
 
 def _session(path: str) -> ort.InferenceSession:

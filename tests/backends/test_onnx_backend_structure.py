@@ -101,7 +101,7 @@ def test_sessions_are_keyed_by_request_and_image_size():
     for method in ("saliency", "saliency", "guided_backprop", "gradcam", "guided_gradcam"):
         cnnlens.explain(backend, x, method)
     keys = [k for k in backend._sessions._sessions if k is not None]
-    kinds = [(k[0], k[1].relu, k[1].input_grad, bool(k[1].layers)) for k in keys if k[0] == "gradient"]
+    kinds = [(k[0], k[1].rules, k[1].input_grad, bool(k[1].layers)) for k in keys if k[0] == "gradient"]
     # saliency twice: one session; guided backprop: another rule; Grad-CAM: layers, no input gradient;
     # Guided Grad-CAM: both, from one model
     assert kinds == [("gradient", "plain", True, False), ("gradient", "guided", True, False),

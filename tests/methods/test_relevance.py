@@ -221,3 +221,17 @@ def test_keras_deeplift_against_a_float64_reference(name):
     want, delta = deeplift_reference(path, x, exp.target, baseline=0.2)
     assert np.abs(exp.maps - want).max() <= 1e-4 * np.abs(want).max()
     np.testing.assert_allclose(exp.extras["delta"], delta, atol=1e-4 * np.abs(want).sum(axis=(1, 2, 3)).max())
+
+
+def test_the_randomisation_test_reports_relevance_maps_as_they_are():
+    """LRP is known to pass some model-randomisation tests poorly (its maps stay image-like): the test's
+    numbers come back for it as for any method, nothing hidden."""
+    from cnnlens.metrics import randomisation_test
+
+    model = _residual()
+    x = np.random.default_rng(8).standard_normal((2, 3, 10, 10)).astype(np.float32)
+    found = randomisation_test(model, x, ["lrp", "deeplift"], steps=2)
+    for method in ("lrp", "deeplift"):
+        steps = found[method]
+        assert len(steps) == 2 and all(np.isfinite(s["spearman"]) and np.isfinite(s["ssim"]) for s in steps)
+        assert steps[-1]["spearman"] < 0.999  # the randomised model's map did change

@@ -89,8 +89,7 @@ def _lrp(backend: Backend, x: np.ndarray, target: Target, batch: int, composite:
 
 
 @register("lrp", needs={INPUT_GRADIENTS, RELEVANCE_RULES}, kind=INPUT, options=[COMPOSITE, EPSILON, GAMMA, LOW, HIGH],
-          attribute=_lrp, not_exportable="its rules are written into the backward graph the explainer export does "
-          "not build yet")
+          attribute=_lrp)
 def lrp(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *, composite: str = "epsilon_plus_flat",
         epsilon: float = 1e-6, gamma: float = 0.25, low: Bound = None, high: Bound = None,
         batch_size: Optional[int] = None) -> Explanation:
@@ -135,8 +134,7 @@ def _deeplift_attribution(backend: Backend, x: np.ndarray, target: Target, batch
 
 
 @register("deeplift", needs={INPUT_GRADIENTS, RELEVANCE_RULES}, kind=INPUT, options=[BASELINE],
-          attribute=_deeplift_attribution, not_exportable="its Rescale rule needs the baseline's activations, "
-          "which the explainer export does not write yet")
+          attribute=_deeplift_attribution)
 def deeplift(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *, baseline: Any = 0.0,
              batch_size: Optional[int] = None) -> Explanation:
     """DeepLIFT, Rescale rule (Shrikumar et al. 2017), as Captum 0.9 computes it: ``(x - x') * multipliers``.

@@ -159,18 +159,15 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: GradientRe
         raise ValueError(f"rules must be one of {RELU_RULE_NAMES}, an LrpRules or {DEEPLIFT!r}, got {request.rules!r}")
     emitter = Emitter(opset_of(model), taken_names(model), "cnnlens_grad/")
     seed_input = emitter.fresh("seed")
-    scores = output
-    producer = graph.producer.get(output)
-    if request.relevance and producer is not None and producer.op_type == "Softmax":
-        scores = producer.input[0]  # relevance starts at the logits: a final Softmax is skipped
+    scores = relevance_scores(graph, output) if request.relevance else output
     seed = argmax_rows(emitter, scores, dtypes) if request.seed == "argmax" else seed_input
-    if isinstance(request.rules, LrpRules):  # relevance starts as the explained score itself
-        seed = emitter.mul(seed if len(shapes.get(scores) or ()) == 2 else emitter.reshape_like(seed, scores), scores)
+    if isinstance(request.rules, LrpRules):
+        seed = relevance_seed(emitter, seed, scores, shapes)
     input_name = graph.input.name
     gradients: Dict[str, str] = {}
     chain: Optional[RelevanceChain] = None
     for rules, sources in request.passes(input_name):
-        found, made = _chain(emitter, graph, scores, seed, rules, sources, shapes, dtypes, probe)
+        found, made = rules_chain(emitter, graph, scores, seed, rules, sources, shapes, dtypes, probe)
         chain = made or chain
         for source in sources:
             gradients.setdefault(source, found[source])
@@ -187,6 +184,17 @@ def build(model: onnx.ModelProto, graph: Graph, output: str, request: GradientRe
         notes = ("the model's final Softmax was skipped: the explained scores are its input, the logits",) + notes
     built = _assemble(model, emitter, fed, output, outputs, dtypes, [reference_input(t) for t in references])
     return GradientModel(built, seed_input, outputs, references, notes)
+
+
+def relevance_scores(graph: Graph, output: str) -> str:
+    """The scores relevance rules explain: the output, or the input of a final Softmax (the logits)."""
+    producer = graph.producer.get(output)
+    return producer.input[0] if producer is not None and producer.op_type == "Softmax" else output
+
+
+def relevance_seed(emitter: Emitter, seed: str, scores: str, shapes: Dict[str, Shape]) -> str:
+    """LRP's start: the seed rows times the scores, so relevance starts as the explained score itself."""
+    return emitter.mul(seed if len(shapes.get(scores) or ()) == 2 else emitter.reshape_like(seed, scores), scores)
 
 
 def argmax_rows(emitter: Emitter, output: str, dtypes: Dict[str, np.dtype]) -> str:
@@ -216,10 +224,10 @@ def backward_chain(emitter: Emitter, graph: Graph, output: str, seed: str, relu:
     """One backward chain from ``seed`` (the gradient with respect to ``output``) under the ReLU rule
     ``relu``: the gradient tensor of each source (nodes appended to ``emitter``). Raises
     UnsupportedOp naming the first node on the way that has no rule."""
-    return _chain(emitter, graph, output, seed, relu, sources, shapes, dtypes, probe)[0]
+    return rules_chain(emitter, graph, output, seed, relu, sources, shapes, dtypes, probe)[0]
 
 
-def _chain(emitter: Emitter, graph: Graph, output: str, seed: str, rules: RelevanceRules, sources: Sequence[str],
+def rules_chain(emitter: Emitter, graph: Graph, output: str, seed: str, rules: RelevanceRules, sources: Sequence[str],
            shapes: Dict[str, Shape], dtypes: Dict[str, np.dtype],
            probe: Optional[Callable[[str], Optional[np.ndarray]]]) -> Tuple[Dict[str, str], Optional[RelevanceChain]]:
     """``backward_chain`` under any rules: (the sources' gradients, the relevance rules' chain if any)."""

@@ -4,8 +4,9 @@ defines them, ``backends/torch/relevance_rules.py`` is the same arithmetic in to
 
 A linear layer is a Conv, a Gemm, or a MatMul with constant weights (with the constant bias Add
 after it, tf2onnx's Dense); a BatchNormalization that alone reads a Conv/Gemm output is merged into
-it (its weights folded here, the merged ``rho(W)`` stored as initializers) and then passes
-relevance; residual Adds of two computed tensors and average pools split relevance in proportion;
+it and then passes relevance. The merged and modified weights ``rho(W)`` are written as ops on the
+model's own initializers, which ONNX Runtime folds into constants when the session starts: they
+cost nothing per run, and a gradient or explainer file stays the size of the model; residual Adds of two computed tensors and average pools split relevance in proportion;
 elementwise activations pass it (LRP) or take DeepLIFT's Rescale rule against the baseline's
 activations, which come in as extra graph inputs (``reference_input``). Everything else keeps its
 ordinary backward rule, which moves relevance with the values (MaxPool, reshapes, Concat).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -64,8 +65,9 @@ class LinearLayer:
 
     node: onnx.NodeProto
     kind: str                     # "conv" or "dense"
-    weight: np.ndarray
-    bias: Optional[np.ndarray]
+    weight: str                   # the (merged) weight tensor
+    shape: Tuple[int, ...]        # its shape
+    bias: Optional[str]           # the (merged) bias tensor, None for none
     z: str
 
 
@@ -107,35 +109,43 @@ class RelevanceChain:
         ctx = self.ctx
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or not ctx.needs(node.input[0]):
             return None
-        weight = ctx.constant(node.input[1])
-        bias = ctx.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if weight is None or (len(node.input) > 2 and node.input[2] and bias is None):
+        value = ctx.constant(node.input[1])
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        if value is None or (has_bias and ctx.constant(node.input[2]) is None):
             return None
-        if node.op_type == "MatMul" and weight.ndim != 2:
+        if node.op_type == "MatMul" and value.ndim != 2:
             return None
         kind = "conv" if node.op_type == "Conv" else "dense"
-        weight = np.asarray(weight, dtype=np.float64)
-        bias = None if bias is None else np.asarray(bias, dtype=np.float64)
+        weight, shape = node.input[1], tuple(int(d) for d in value.shape)
+        bias: Optional[str] = node.input[2] if has_bias else None
         z = node.output[0]
         add = self._only_consumer(z, "Add") if node.op_type == "MatMul" else None
         if add is not None:  # MatMul + a constant bias: one Dense layer
             other = add.input[1] if add.input[0] == z else add.input[0]
-            value = ctx.constant(other)
-            if value is not None and np.asarray(value).size == weight.shape[1]:
-                bias, z = np.asarray(value, dtype=np.float64).reshape(-1), add.output[0]
+            found = ctx.constant(other)
+            if found is not None and np.asarray(found).size == shape[1]:
+                bias, z = other, add.output[0]
         bn = self._only_consumer(z, "BatchNormalization") if node.op_type != "MatMul" else None
-        if bn is not None and len(bn.output) == 1:
-            params = [ctx.constant(t) for t in bn.input[1:5]]
-            if all(p is not None for p in params):
-                scale, shift, mean, var = (np.asarray(p, dtype=np.float64) for p in params)
-                factor = scale / np.sqrt(var + float(ctx.attr(bn, "epsilon", 1e-5)))
-                if kind == "conv":
-                    weight = weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
-                else:
-                    weight = weight * (factor[:, None] if int(ctx.attr(node, "transB", 0)) else factor[None, :])
-                bias = ((bias if bias is not None else 0.0) - mean) * factor + shift
-                z = bn.output[0]
-        return LinearLayer(node, kind, weight, bias, z)
+        if bn is not None and len(bn.output) == 1 and all(ctx.constant(t) is not None for t in bn.input[1:5]):
+            weight, bias = self._merge(node, bn, weight, bias, len(shape))
+            z = bn.output[0]
+        return LinearLayer(node, kind, weight, shape, bias, z)
+
+    def _merge(self, node: onnx.NodeProto, bn: onnx.NodeProto, weight: str, bias: Optional[str],
+               rank: int) -> Tuple[str, str]:
+        """The weight and bias of ``node`` with the BatchNormalization after it merged in, as ops
+        (zennit's MergeBatchNorm: ``w scale / sqrt(var + eps)``, ``(b - mean) scale / sqrt(var + eps) + shift``)."""
+        e, dtype = self.ctx.e, self.ctx.dtype(weight)
+        scale, shift, mean, var = bn.input[1:5]
+        eps = e.scalar(float(self.ctx.attr(bn, "epsilon", 1e-5)), dtype)
+        factor = e.op("Div", [scale, e.op("Sqrt", [e.op("Add", [var, eps])])])
+        if node.op_type == "Conv":
+            axes = [-1] + [1] * (rank - 1)
+        else:
+            axes = [-1, 1] if int(self.ctx.attr(node, "transB", 0)) else [1, -1]
+        merged = e.op("Mul", [weight, e.op("Reshape", [factor, e.ints(axes)])])
+        centred = e.op("Sub", [bias, mean]) if bias is not None else e.op("Neg", [mean])
+        return merged, e.op("Add", [e.mul(centred, factor), shift])
 
     def _constant_operand(self, node: onnx.NodeProto) -> Optional[str]:
         """The data operand of a binary op whose other operand is a constant (None otherwise)."""
@@ -276,9 +286,9 @@ class RelevanceChain:
         rule = rules.layers.rule(layer.kind, node_name(layer.node) == self.first)
         self.counts[f"{layer.kind} {rule}"] += 1
         a, w, b = layer.node.input[0], layer.weight, layer.bias
-        pos, neg = np.maximum(w, 0), np.minimum(w, 0)
-        bpos = None if b is None else np.maximum(b, 0)
-        bneg = None if b is None else np.minimum(b, 0)
+        pos, neg = self._rho(w, "pos"), self._rho(w, "neg")
+        bpos = None if b is None else self._rho(b, "pos")
+        bneg = None if b is None else self._rho(b, "neg")
         if rule == "epsilon":
             return self.ctx.e.mul(a, self._vjp(layer, self._divide(r, layer.z, rules.epsilon), w))
         if rule == "zplus":
@@ -290,15 +300,15 @@ class RelevanceChain:
             return e.op("Sub", [e.scale(up, 2.0, dtype), down])
         if rule == "gamma":
             e, g = self.ctx.e, rules.gamma
-            rising, falling = w + g * pos, w + g * neg
+            rising, falling = self._rho(w, "pos", g), self._rho(w, "neg", g)
             zero = e.scalar(0.0, self.ctx.dtype(layer.z))
             above, below = e.op("Greater", [layer.z, zero]), e.op("Less", [layer.z, zero])
-            up = self._signed(layer, r, (rising, falling), None if b is None else b + g * bpos, above)
-            down = self._signed(layer, r, (falling, rising), None if b is None else b + g * bneg, below)
+            up = self._signed(layer, r, (rising, falling), None if b is None else self._rho(b, "pos", g), above)
+            down = self._signed(layer, r, (falling, rising), None if b is None else self._rho(b, "neg", g), below)
             return e.op("Add", [up, down])
         if rule == "flat":
             e = self.ctx.e
-            ones = np.ones_like(w)
+            ones = e.const(np.ones(layer.shape, dtype=self.ctx.dtype(a)), "ones_w")
             z = self._forward(layer, e.op("ConstantOfShape", [e.shape(a)], value=onnx.numpy_helper.from_array(
                 np.ones(1, dtype=self.ctx.dtype(a)), "value")), ones, None)
             return self._vjp(layer, self._divide(r, z), ones)
@@ -306,7 +316,17 @@ class RelevanceChain:
             return self._zbox(layer, r, rules)
         raise ValueError(f"unknown LRP rule {rule!r}")
 
-    def _signed(self, layer: LinearLayer, r: str, weights, bias: Optional[np.ndarray], mask: Optional[str] = None) -> str:
+    def _rho(self, tensor: str, part: str, gamma: Optional[float] = None) -> str:
+        """``tensor``'s positive (``part`` "pos") or negative part, or with ``gamma``: ``tensor + gamma *
+        part`` (the gamma rule's weights), as ops on it (once per tensor, folded by ONNX Runtime)."""
+        e, dtype = self.ctx.e, self.ctx.dtype(tensor)
+
+        def make() -> str:
+            value = e.op("Relu", [tensor]) if part == "pos" else e.op("Min", [tensor, e.scalar(0.0, dtype)])
+            return value if gamma is None else e.op("Add", [tensor, e.scale(value, gamma, dtype)])
+        return e.shared(("rho", tensor, part, gamma), make)
+
+    def _signed(self, layer: LinearLayer, r: str, weights, bias: Optional[str], mask: Optional[str] = None) -> str:
         """``a+ vjp(s, w_pos) + a- vjp(s, w_neg)``, ``s = R / stab(op(a+, w_pos, bias) + op(a-, w_neg))``
         (the a- terms dropped where the input is never negative)."""
         e, a = self.ctx.e, layer.node.input[0]
@@ -326,42 +346,36 @@ class RelevanceChain:
     def _zbox(self, layer: LinearLayer, r: str, rules: LrpRules) -> str:
         e, a, w, b = self.ctx.e, layer.node.input[0], layer.weight, layer.bias
         dtype = self.ctx.dtype(a)
-        low, high = rules.box(int(w.shape[1]) * int(self.ctx.attr(layer.node, "group", 1)))
-        shape = (1, -1) + (1,) * (w.ndim - 2)
+        low, high = rules.box(layer.shape[1] * int(self.ctx.attr(layer.node, "group", 1)))
+        shape = (1, -1) + (1,) * (len(layer.shape) - 2)
         bounds = [e.op("Expand", [e.const(v.reshape(shape).astype(dtype)), e.shape(a)]) for v in (low, high)]
-        pos, neg = np.maximum(w, 0), np.minimum(w, 0)
-        terms = [(a, w, b), (bounds[0], pos, None if b is None else np.maximum(b, 0)),
-                 (bounds[1], neg, None if b is None else np.minimum(b, 0))]
+        pos, neg = self._rho(w, "pos"), self._rho(w, "neg")
+        terms = [(a, w, b), (bounds[0], pos, None if b is None else self._rho(b, "pos")),
+                 (bounds[1], neg, None if b is None else self._rho(b, "neg"))]
         z = e.op("Sub", [e.op("Sub", [self._forward(layer, *terms[0]), self._forward(layer, *terms[1])]),
                          self._forward(layer, *terms[2])])
         s = self._divide(r, z)
         parts = [e.mul(t, self._vjp(layer, s, weights)) for t, weights, _ in terms]
         return e.op("Sub", [e.op("Sub", [parts[0], parts[1]]), parts[2]])
 
-    def _forward(self, layer: LinearLayer, a: str, w: np.ndarray, b: Optional[np.ndarray]) -> str:
+    def _forward(self, layer: LinearLayer, a: str, w: str, b: Optional[str]) -> str:
         """The layer applied to tensor ``a`` with weights ``w`` and bias ``b`` (None: none)."""
         e, node = self.ctx.e, layer.node
-        dtype = self.ctx.dtype(node.input[0])
-        weight = e.const(w.astype(dtype), "rho_w")
-        bias = [] if b is None else [e.const(b.astype(dtype), "rho_b")]
+        bias = [] if b is None else [b]
         attrs = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
         if node.op_type == "MatMul":
-            out = e.op("MatMul", [a, weight])
+            out = e.op("MatMul", [a, w])
             return e.op("Add", [out, bias[0]]) if bias else out
-        if node.op_type == "Gemm" and bias and float(attrs.get("beta", 1.0)) != 1.0:
-            bias = [e.const((b * float(attrs["beta"])).astype(dtype), "rho_b")]
-            attrs["beta"] = 1.0
-        return e.op(node.op_type, [a, weight] + bias, **attrs)
+        return e.op(node.op_type, [a, w] + bias, **attrs)
 
-    def _vjp(self, layer: LinearLayer, g: str, w: np.ndarray) -> str:
+    def _vjp(self, layer: LinearLayer, g: str, w: str) -> str:
         """The gradient with respect to the layer's input for output gradient ``g``, weights ``w``."""
         e, node = self.ctx.e, layer.node
-        dtype = self.ctx.dtype(node.input[0])
         if node.op_type == "Conv":
-            return input_gradient(self.ctx, node, g, e.const(w.astype(dtype), "rho_w"), w.shape)
+            return input_gradient(self.ctx, node, g, w, layer.shape)
         if node.op_type == "MatMul":
-            return e.op("MatMul", [g, e.const(np.ascontiguousarray(w.T).astype(dtype), "rho_wt")])
+            return e.op("MatMul", [g, e.op("Transpose", [w], perm=[1, 0])])
         trans_a, trans_b = int(self.ctx.attr(node, "transA", 0)), int(self.ctx.attr(node, "transB", 0))
         alpha = float(self.ctx.attr(node, "alpha", 1.0))
-        weight = e.const(w.astype(dtype), "rho_w")
-        return e.gemm(g, weight, 0, 1 - trans_b, alpha, dtype) if not trans_a else e.gemm(weight, g, trans_b, 1, alpha, dtype)
+        dtype = self.ctx.dtype(node.input[0])
+        return e.gemm(g, w, 0, 1 - trans_b, alpha, dtype) if not trans_a else e.gemm(w, g, trans_b, 1, alpha, dtype)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ....core.errors import LayerError
 from ..autodiff import backward_chain
-from . import heads, integrated, scorecam
+from . import heads, integrated, relevance, scorecam
 from .context import Build, MethodRequest
 
 #: the ReLU rule of the input gradient a method reads (methods absent read none)
@@ -105,6 +105,8 @@ HEADS: Dict[str, Callable[[Build, MethodRequest], str]] = {
     "deconvnet": _input_gradient,
     "input_x_gradient": _input_x_gradient,
     "integrated_gradients": integrated.integrated_gradients,
+    "lrp": relevance.relevance,
+    "deeplift": relevance.relevance,
     **{name: _gradient_cam for name in heads.GRADIENT_CAMS},
     "guided_gradcam": _guided_gradcam,
     "cam": _cam,
