@@ -26,6 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERAS = os.path.join(ROOT, "tests", "data", "keras")
 #: the explainer's maps and cnnlens.explain's on the same file: max |a - b| / max |b|
 TOLERANCE = 1e-5
+#: in a runtime whose kernels round differently (onnxruntime-web's wasm, no fused multiply-add): LRP divides by
+#: sums that can nearly cancel (the demo DenseNet's transitions average signed convolution outputs, the
+#: proportional rule divides by that average) and DeepLIFT by differences to the baseline, so their rounding
+#: shows larger there (measured: LRP 3.6e-3 on one demo DenseNet image, DeepLIFT 2.0e-5 on ResNet-50)
+OTHER_RUNTIME = {"lrp": 1e-2, "deeplift": 1e-4}
 BATCH = 5
 
 
@@ -186,9 +191,10 @@ def built(name: str) -> Built:
     return Built(case, plain, path, result, x)
 
 
-def compare(built_case: Built, outputs: Dict[str, np.ndarray], images: slice = slice(None)) -> Dict[str, float]:
+def compare(built_case: Built, outputs: Dict[str, np.ndarray], images: slice = slice(None),
+            looser: Optional[Dict[str, float]] = None) -> Dict[str, float]:
     """Each method's relative error (max |a - b| / max |b|, per image) against cnnlens.explain, asserted within
-    TOLERANCE; returns the worst per method."""
+    TOLERANCE (or ``looser[method]``); returns the worst per method."""
     errors, bad = {}, {}
     for method in built_case.result.methods:
         got = outputs[built_case.result.outputs[method]]
@@ -199,7 +205,7 @@ def compare(built_case: Built, outputs: Dict[str, np.ndarray], images: slice = s
             scale = float(np.abs(ref[i]).max())
             assert scale > 0, f"{method}: image {i}'s reference map is all zero, which would prove nothing"
             error = float(np.abs(got[i].astype(np.float64) - ref[i]).max() / scale)
-            if not error <= TOLERANCE:
+            if not error <= (looser or {}).get(method, TOLERANCE):
                 bad[f"{method}[{i}]"] = error
             worst = max(worst, error)
         errors[method] = worst

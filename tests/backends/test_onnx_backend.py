@@ -702,6 +702,8 @@ SUBPROCESS = textwrap.dedent("""
         results[f"cam{i}"] = cnnlens.explain(model, x, "cam", target=3).maps
         results[f"gradcam{i}"] = cnnlens.explain(model, x, "gradcam", layer="relu_2").maps
         results[f"guided{i}"] = cnnlens.explain(model, x, "guided_backprop", target=[1, 2]).maps
+        results[f"lrp{i}"] = cnnlens.explain(model, x, "lrp", composite="epsilon_gamma_box", target=[1, 2]).maps
+        results[f"deeplift{i}"] = cnnlens.explain(model, x, "deeplift", baseline=0.1, target=[1, 2]).maps
         results[f"filters{i}"] = cnnlens.filters(model)
         results[f"filters_conv_2_{i}"] = cnnlens.filters(model, "conv_2")
         layers = cnnlens.layers(model)
@@ -730,7 +732,11 @@ def test_onnx_path_without_torch(exported, small, x32, tmp_path):
     reference.channels_last = False
     gradcam = cnnlens.explain(reference, x32, "gradcam", layer="relu_2").maps
     guided = cnnlens.explain(reference, x32, "guided_backprop", target=[1, 2]).maps
+    lrp = cnnlens.explain(reference, x32, "lrp", composite="epsilon_gamma_box", target=[1, 2]).maps
+    deeplift = cnnlens.explain(reference, x32, "deeplift", baseline=0.1, target=[1, 2]).maps
     for i in range(2):
+        assert_close(got[f"lrp{i}"], lrp, TOL)
+        assert_close(got[f"deeplift{i}"], deeplift, TOL)
         assert_close(got[f"gradcam{i}"], gradcam, TOL)
         assert_close(got[f"guided{i}"], guided, TOL)
         assert_close(got[f"logits{i}"], logits, TOL)

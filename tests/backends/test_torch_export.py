@@ -86,7 +86,11 @@ def test_every_method_on_the_program_equals_the_module(name, programs):
         got = cnnlens.explain(program, x, method, **OPTIONS.get(method, {}))
         assert got.layer == want.layer, method  # the same default layer, by its original module path
         np.testing.assert_array_equal(got.target, want.target)
-        if np.abs(want.maps).max() > 0:
+        if method in ("lrp", "deeplift") and np.abs(want.maps).max() < 1e-4 * np.abs(want.logits).max():
+            # relevance that never reaches the input (a random MobileNetV3's merged BatchNorm biases absorb
+            # it: maps of 1e-12 against outputs of 1e-2): both say so, the rest is noise
+            assert np.abs(got.maps).max() < 1e-4 * np.abs(got.logits).max(), method
+        elif np.abs(want.maps).max() > 0:
             assert rel_err(got.maps, want.maps) <= 1e-5, method
         else:
             assert np.abs(got.maps).max() == 0, method

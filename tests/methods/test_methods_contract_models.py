@@ -98,7 +98,9 @@ def test_every_method_on_segmenters_detectors_and_transformers(loaded, name, met
     assert maps.dtype == np.float32 and np.isfinite(maps).all() and np.abs(maps).max() > 0
     if name == "vit" and method in ("gradcam", "feature_maps", "scorecam", "eigencam"):
         assert "4x4 grid; the first 1 token" in str(ref.extras["layer_reading"][0])
-    tolerance = 1e-3 if (name == "vit" and method in ("occlusion", "rise")) else 1e-4
+    # the ViT's LRP: the epsilon rule (1e-6) divides by its dense layers' outputs, some near 0, where the
+    # runtimes' float32 matrix products round apart
+    tolerance = 1e-3 if (name == "vit" and method in ("occlusion", "rise", "lrp")) else 1e-4
     for kind in ("pt2", "onnx"):
         other, _ = results[kind]
         np.testing.assert_array_equal(np.asarray(other.target), np.asarray(ref.target))
