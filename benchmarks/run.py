@@ -1,10 +1,11 @@
 """Throughput of every cnnlens method on every backend and device present, side by side with the
-model's own floor and with the peers (Captum, pytorch-grad-cam, torchcam).
+model's own floor and with the peers (Captum, pytorch-grad-cam, torchcam, zennit).
 
     pip install -e ".[all]" -r benchmarks/requirements.txt
     python benchmarks/run.py --quick          # under 5 minutes on 2 CPU cores
     python benchmarks/run.py                  # the full run (larger batches, Score-CAM on ResNet-50)
     python benchmarks/run.py --workloads deeplabv3 vit --no-peers --section dense   # segmenter and ViT
+    python benchmarks/run.py --methods lrp deeplift guided_backprop --section relevance  # against zennit, Captum
 
 Writes ``benchmarks/results/<machine>.md`` and ``.json``; ``--update-readme`` also puts the
 tables into the documentation's speed page, ``docs/speed.md``. Runs unchanged on a CPU-only
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="resnet50 and small (every method, with the peers); deeplabv3 and vit (a segmenter "
                    "with a segmentation target, a ViT at its tokens: Grad-CAM and saliency, torch against ONNX)")
     p.add_argument("--section", default="bench", help="the results' name and docs/speed.md section: 'bench' "
-                   "(results/<machine>.md), or e.g. 'dense' (results/<machine>-dense.md)")
+                   "(results/<machine>.md), or e.g. 'dense' or 'relevance' (results/<machine>-dense.md, ...)")
     p.add_argument("--methods", nargs="+", default=None, help="only these cnnlens methods")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when there is one")
     p.add_argument("--no-peers", action="store_true", help="measure cnnlens and the floors only")

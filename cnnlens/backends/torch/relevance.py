@@ -91,23 +91,29 @@ def _conv_op(values: Dict[str, Any], n: int, weight: torch.Tensor) -> LinearOp:
     return LinearOp("conv", _ints(values["stride"], n), _ints(padding, n), dilation, int(values["groups"]))
 
 
-def _activation(func: Any, args: tuple, kwargs: Dict[str, Any]) -> Optional[Tuple[_T, Callable[[_T], _T], bool]]:
-    """(input, the out-of-place function of it, in place?) for an elementwise activation call."""
+#: an elementwise activation call: (its input, the out-of-place function of it, the call as made, in place?)
+Activation = Tuple[_T, Callable[[_T], _T], Callable[[_T], _T], bool]
+
+
+def _activation(func: Any, args: tuple, kwargs: Dict[str, Any]) -> Optional[Activation]:
+    """The call, taken apart, if ``func`` is an elementwise activation (else None)."""
+    rest = args[1:]
     if func in _IN_PLACE:
-        twin, rest = _IN_PLACE[func], args[1:]
-        return args[0], (lambda t: twin(t, *rest, **kwargs)), True
+        twin = _IN_PLACE[func]
+        return args[0], (lambda t: twin(t, *rest, **kwargs)), (lambda t: func(t, *rest, **kwargs)), True
     if func not in _ACTIVATIONS:
         return None
     if not inspect.isfunction(func):  # a builtin or an ATen operator: no in-place argument
-        rest = args[1:]
-        return args[0], (lambda t: func(t, *rest, **kwargs)), False
+        plain = lambda t: func(t, *rest, **kwargs)  # noqa: E731
+        return args[0], plain, plain, False
     signature = _signature(func)
-    bound = signature.bind(*args, **kwargs)
-    arguments = dict(bound.arguments)
-    first = next(iter(signature.parameters))
-    s = arguments.pop(first)
+    arguments = dict(signature.bind(*args, **kwargs).arguments)
+    s = arguments.pop(next(iter(signature.parameters)))
     inplace = bool(arguments.pop("inplace", False))
-    return s, (lambda t: func(t, **arguments)), inplace
+    if inplace:
+        return s, (lambda t: func(t, **arguments)), (lambda t: func(t, **arguments, inplace=True)), True
+    plain = lambda t: func(t, **arguments)  # noqa: E731
+    return s, plain, plain, False
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,10 +170,10 @@ class RelevanceMode(TorchFunctionMode):
             return self._pool(func, args, kwargs)
         return func(*args, **kwargs)
 
-    def _elementwise(self, s: _T, f: Callable[[_T], _T], inplace: bool) -> _T:
+    def _elementwise(self, s: _T, f: Callable[[_T], _T], original: Callable[[_T], _T], inplace: bool) -> _T:
         if self.lrp:
             self.counts["activation"] += 1
-            return Elementwise.apply(s, f, inplace, None)
+            return Elementwise.apply(s, f, original, inplace, None)
         if self.record:
             out = f(s)
             self.references.append((s.detach().clone(), out.detach().clone()))
@@ -183,7 +189,7 @@ class RelevanceMode(TorchFunctionMode):
             raise ModelError(f"DeepLIFT: an activation saw shape {tuple(s.shape[1:])} on the images and "
                              f"{tuple(reference[0].shape[1:])} on the baseline: the baseline must take the images' path")
         self.counts["rescale"] += 1
-        return Elementwise.apply(s, f, inplace, reference)
+        return Elementwise.apply(s, f, original, inplace, reference)
 
     # ------------------------------------------------------------ LRP's layers
 
@@ -225,7 +231,8 @@ class RelevanceMode(TorchFunctionMode):
             self.counts["batchnorm pass"] += 1  # not after a linear layer: relevance passes (zennit's Pass)
             rest = {k: v for k, v in kwargs.items() if k != "input"}
             tail = args[1:] if args else ()
-            out = Elementwise.apply(values["input"], lambda t: _first(func(t, *tail, **rest)), False, None)
+            norm = lambda t: _first(func(t, *tail, **rest))  # noqa: E731
+            out = Elementwise.apply(values["input"], norm, norm, False, None)
             return (out, out.new_zeros((0,)), out.new_zeros((0,))) if func is _ATEN._native_batch_norm_legit_no_training.default else out
         a, w, b, layer, _ = found
         merged_w, merged_b = _merged(w, b, values, layer.op.kind)

@@ -69,18 +69,24 @@ def _shifted(w: Optional[torch.Tensor], part: Optional[torch.Tensor], gamma: flo
 
 
 def _signed_parts(op: LinearOp, r: torch.Tensor, a: torch.Tensor, weights: Tuple[torch.Tensor, torch.Tensor],
-                  bias: Optional[torch.Tensor], stab: float, mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+                  bias: Optional[torch.Tensor], stab: float, mask: Optional[torch.Tensor] = None,
+                  positive: bool = False) -> Tuple[torch.Tensor, ...]:
     """The shared step of z+, gamma and alpha-beta: with ``weights`` = (w on positive inputs, w on
     negative inputs), ``z = op(a+, w_pos, bias) + op(a-, w_neg)``, ``s = R / stab(z)`` (times
-    ``mask``), and the contributions ``(a+ vjp(s, w_pos), a- vjp(s, w_neg))``."""
+    ``mask``), and the contributions ``(a+ vjp(s, w_pos), a- vjp(s, w_neg))``. ``positive``: the
+    weights and bias are >= 0, so without negative inputs ``z >= 0`` and ``stab(z) = z + stab``."""
     w_pos, w_neg = weights
-    a_pos = a.clamp(min=0)
     negatives = bool((a < 0).any())  # after a ReLU there are none: skip their terms (zero either way)
+    a_pos = a.clamp(min=0) if negatives else a
     a_neg = a.clamp(max=0) if negatives else None
-    z = op(a_pos, w_pos, bias)
-    if a_neg is not None:
-        z = z + op(a_neg, w_neg, None)
-    s = r / stabilize(z, stab)
+    if positive and not negatives:  # z >= 0: its stabiliser is a constant, added with the bias
+        shifted = torch.full((w_pos.shape[0],), stab, dtype=w_pos.dtype, device=w_pos.device)
+        s = r / op(a_pos, w_pos, shifted if bias is None else bias + stab)
+    else:
+        z = op(a_pos, w_pos, bias)
+        if a_neg is not None:
+            z = z + op(a_neg, w_neg, None)
+        s = r / stabilize(z, stab)
     if mask is not None:
         s = s * mask
     positive = a_pos * op.vjp(s, a, w_pos)
@@ -95,10 +101,10 @@ def linear_relevance(rule: str, op: LinearOp, r: torch.Tensor, a: torch.Tensor, 
     if rule == "epsilon":
         return a * op.vjp(r / stabilize(op(a, w, b), epsilon), a, w)
     if rule == "zplus":
-        return _signed_parts(op, r, a, (w.clamp(min=0), w.clamp(max=0)), _pos(b), stab)[0]
+        return _signed_parts(op, r, a, (w.clamp(min=0), w.clamp(max=0)), _pos(b), stab, positive=True)[0]
     if rule == "alpha2beta1":
         w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
-        positive = _signed_parts(op, r, a, (w_pos, w_neg), _pos(b), stab)[0]
+        positive = _signed_parts(op, r, a, (w_pos, w_neg), _pos(b), stab, positive=True)[0]
         negative = _signed_parts(op, r, a, (w_neg, w_pos), _neg(b), stab)[0]
         return 2.0 * positive - negative
     if rule == "gamma":
@@ -190,33 +196,49 @@ class PoolRule(torch.autograd.Function):
 
 
 class Elementwise(torch.autograd.Function):
-    """An elementwise activation ``f(s)`` (``f`` out of place; ``inplace``: written into ``s``)
-    whose backward is its rule's: ``pass`` (LRP: relevance unchanged) or ``rescale`` (DeepLIFT,
-    against the baseline's ``(s', f(s'))`` in ``reference``)."""
+    """An elementwise activation, run as the model called it (``original``: in place or not), whose
+    backward is its rule's: LRP passes relevance unchanged (``reference`` None); DeepLIFT's Rescale
+    multiplies by ``m = (f(s) - f(s')) / (s - s')`` against the baseline's ``(s', f(s'))`` in
+    ``reference`` (``f`` the out-of-place function), computed in the forward pass: one tensor kept,
+    one product backward."""
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor], inplace: bool,  # type: ignore[override]
+    def forward(ctx, s: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],  # type: ignore[override]
+                original: Callable[[torch.Tensor], torch.Tensor], inplace: bool,
                 reference: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        ctx.f, ctx.reference = f, reference
-        out = f(s)
-        if reference is not None:
-            ctx.save_for_backward(s.clone() if inplace else s, out)
+        ctx.rescaled = reference is not None
+        if reference is None:
+            out = original(s)
+        else:
+            out = f(s)
+            ctx.save_for_backward(rescale_multiplier(s, out, f, reference))
+            if inplace:
+                out = s.copy_(out)
         if inplace:
             ctx.mark_dirty(s)
-            return s.copy_(out)
         return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        if ctx.reference is None:
-            return g, None, None, None
-        s, out = ctx.saved_tensors
-        s_ref, out_ref = ctx.reference
-        with torch.enable_grad():  # the plain derivative, where s and s' (almost) coincide
-            leaf = s.detach().requires_grad_(True)
-            (plain,) = torch.autograd.grad(ctx.f(leaf), leaf, g)
-        delta_in = s - s_ref
-        return torch.where(delta_in.abs() < RESCALE_TOLERANCE, plain, g * (out - out_ref) / delta_in), None, None, None
+        if not ctx.rescaled:
+            return g, None, None, None, None
+        (m,) = ctx.saved_tensors
+        return g * m, None, None, None, None
+
+
+def rescale_multiplier(s: torch.Tensor, out: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
+                       reference: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """DeepLIFT's ``(f(s) - f(s')) / (s - s')``, the plain derivative ``f'(s)`` where ``|s - s'| < 1e-10``
+    (Captum's Rescale rule)."""
+    delta_in = s - reference[0]
+    ratio = (out - reference[1]) / delta_in
+    close = delta_in.abs() < RESCALE_TOLERANCE
+    if not bool(close.any()):
+        return ratio
+    with torch.enable_grad():
+        leaf = s.detach().requires_grad_(True)
+        (plain,) = torch.autograd.grad(f(leaf), leaf, torch.ones_like(leaf))
+    return torch.where(close, plain, ratio)
 
 
 def first_of(tensors: List[Any]) -> Optional[torch.Tensor]:

@@ -292,10 +292,10 @@ class RelevanceChain:
         if rule == "epsilon":
             return self.ctx.e.mul(a, self._vjp(layer, self._divide(r, layer.z, rules.epsilon), w))
         if rule == "zplus":
-            return self._signed(layer, r, (pos, neg), bpos)
+            return self._signed(layer, r, (pos, neg), bpos, positive=True)
         if rule == "alpha2beta1":
             e, dtype = self.ctx.e, self.ctx.dtype(a)
-            up = self._signed(layer, r, (pos, neg), bpos)
+            up = self._signed(layer, r, (pos, neg), bpos, positive=True)
             down = self._signed(layer, r, (neg, pos), bneg)
             return e.op("Sub", [e.scale(up, 2.0, dtype), down])
         if rule == "gamma":
@@ -326,18 +326,26 @@ class RelevanceChain:
             return value if gamma is None else e.op("Add", [tensor, e.scale(value, gamma, dtype)])
         return e.shared(("rho", tensor, part, gamma), make)
 
-    def _signed(self, layer: LinearLayer, r: str, weights, bias: Optional[str], mask: Optional[str] = None) -> str:
+    def _signed(self, layer: LinearLayer, r: str, weights, bias: Optional[str], mask: Optional[str] = None,
+                positive: bool = False) -> str:
         """``a+ vjp(s, w_pos) + a- vjp(s, w_neg)``, ``s = R / stab(op(a+, w_pos, bias) + op(a-, w_neg))``
-        (the a- terms dropped where the input is never negative)."""
+        (the a- terms dropped where the input is never negative; ``positive``: the weights and bias are
+        >= 0, so then ``z >= 0`` and ``stab(z) = z + stab``)."""
         e, a = self.ctx.e, layer.node.input[0]
         w_pos, w_neg = weights
         dtype = self.ctx.dtype(a)
         a_pos = a if self.nonnegative(a) else e.op("Relu", [a])
         a_neg = None if self.nonnegative(a) else e.op("Min", [a, e.scalar(0.0, dtype)])
-        z = self._forward(layer, a_pos, w_pos, bias)
-        if a_neg is not None:
-            z = e.op("Add", [z, self._forward(layer, a_neg, w_neg, None)])
-        s = self._divide(r, z)
+        if positive and a_neg is None:  # z >= 0: its stabiliser is a constant, added with the bias
+            stab = self.rules.stabilizer  # type: ignore[union-attr]
+            shifted = e.const(np.full(self._outputs(layer), stab, dtype=dtype), "stab") if bias is None else \
+                e.shared(("stabilised", bias), lambda: e.op("Add", [bias, e.scalar(stab, dtype)]))
+            s = e.op("Div", [r, self._forward(layer, a_pos, w_pos, shifted)])
+        else:
+            z = self._forward(layer, a_pos, w_pos, bias)
+            if a_neg is not None:
+                z = e.op("Add", [z, self._forward(layer, a_neg, w_neg, None)])
+            s = self._divide(r, z)
         if mask is not None:
             s = e.masked(s, mask, dtype)
         out = e.mul(a_pos, self._vjp(layer, s, w_pos))
@@ -357,6 +365,13 @@ class RelevanceChain:
         s = self._divide(r, z)
         parts = [e.mul(t, self._vjp(layer, s, weights)) for t, weights, _ in terms]
         return e.op("Sub", [e.op("Sub", [parts[0], parts[1]]), parts[2]])
+
+    def _outputs(self, layer: LinearLayer) -> int:
+        """How many outputs (channels, units) the layer has: the length of its bias."""
+        if layer.kind == "conv":
+            return layer.shape[0]
+        trans_b = int(self.ctx.attr(layer.node, "transB", 0)) if layer.node.op_type == "Gemm" else 0
+        return layer.shape[0] if trans_b else layer.shape[1]
 
     def _forward(self, layer: LinearLayer, a: str, w: str, b: Optional[str]) -> str:
         """The layer applied to tensor ``a`` with weights ``w`` and bias ``b`` (None: none)."""
