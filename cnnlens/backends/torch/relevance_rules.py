@@ -113,14 +113,15 @@ def linear_relevance(rule: str, op: LinearOp, r: torch.Tensor, a: torch.Tensor, 
         rising = _signed_parts(op, r, a, (up, down), _shifted(b, _pos(b), gamma), stab, (out > 0.).to(r))[0]
         falling = _signed_parts(op, r, a, (down, up), _shifted(b, _neg(b), gamma), stab, (out < 0.).to(r))[0]
         return rising + falling
+    one_image = (1,) + tuple(a.shape[1:])  # what is the same for every image is computed once
     if rule == "flat":
         ones_w = torch.ones_like(w)
-        return op.vjp(r / stabilize(op(torch.ones_like(a), ones_w, None), stab), a, ones_w)
+        return op.vjp(r / stabilize(op(a.new_ones(one_image), ones_w, None), stab), a, ones_w)
     if rule == "zbox":
         assert box is not None  # the mode gives the first layer its box
         shape = (1, -1) + (1,) * (a.dim() - 2)
-        low = box[0].to(a).reshape(shape).expand_as(a)
-        high = box[1].to(a).reshape(shape).expand_as(a)
+        low = box[0].to(a).reshape(shape).expand(one_image)
+        high = box[1].to(a).reshape(shape).expand(one_image)
         w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
         z = op(a, w, b) - op(low, w_pos, _pos(b)) - op(high, w_neg, _neg(b))
         s = r / stabilize(z, stab)

@@ -248,9 +248,11 @@ class RelevanceChain:
         return bool(reduced) and 0 not in reduced and len(reduced) < rank - 1
 
     def _stabilized(self, z: str, epsilon: float) -> str:
+        """``z + epsilon sign(z)``, sign(0) = +1, as ``z + epsilon - 2 epsilon [z < 0]`` (ONNX Runtime's
+        Where is several times slower than Cast and Mul on the CPU: 13% of LRP's time on ResNet-50)."""
         e, dtype = self.ctx.e, self.ctx.dtype(z)
-        negative = e.op("Less", [z, e.scalar(0.0, dtype)])
-        return e.op("Add", [z, e.op("Where", [negative, e.scalar(-epsilon, dtype), e.scalar(epsilon, dtype)])])
+        negative = e.op("Cast", [e.op("Less", [z, e.scalar(0.0, dtype)])], to=onnx.helper.np_dtype_to_tensor_dtype(dtype))
+        return e.op("Add", [e.op("Add", [z, e.scalar(epsilon, dtype)]), e.scale(negative, -2.0 * epsilon, dtype)])
 
     def _divide(self, g: str, z: str, epsilon: Optional[float] = None) -> str:
         stab = self.rules.stabilizer if epsilon is None and self.lrp else (epsilon or 1e-6)
@@ -309,7 +311,7 @@ class RelevanceChain:
         if rule == "flat":
             e = self.ctx.e
             ones = e.const(np.ones(layer.shape, dtype=self.ctx.dtype(a)), "ones_w")
-            z = self._forward(layer, e.op("ConstantOfShape", [e.shape(a)], value=onnx.numpy_helper.from_array(
+            z = self._forward(layer, e.op("ConstantOfShape", [self._one_image(a)], value=onnx.numpy_helper.from_array(
                 np.ones(1, dtype=self.ctx.dtype(a)), "value")), ones, None)
             return self._vjp(layer, self._divide(r, z), ones)
         if rule == "zbox":
@@ -356,7 +358,7 @@ class RelevanceChain:
         dtype = self.ctx.dtype(a)
         low, high = rules.box(layer.shape[1] * int(self.ctx.attr(layer.node, "group", 1)))
         shape = (1, -1) + (1,) * (len(layer.shape) - 2)
-        bounds = [e.op("Expand", [e.const(v.reshape(shape).astype(dtype)), e.shape(a)]) for v in (low, high)]
+        bounds = [e.op("Expand", [e.const(v.reshape(shape).astype(dtype)), self._one_image(a)]) for v in (low, high)]
         pos, neg = self._rho(w, "pos"), self._rho(w, "neg")
         terms = [(a, w, b), (bounds[0], pos, None if b is None else self._rho(b, "pos")),
                  (bounds[1], neg, None if b is None else self._rho(b, "neg"))]
@@ -365,6 +367,15 @@ class RelevanceChain:
         s = self._divide(r, z)
         parts = [e.mul(t, self._vjp(layer, s, weights)) for t, weights, _ in terms]
         return e.op("Sub", [e.op("Sub", [parts[0], parts[1]]), parts[2]])
+
+    def _one_image(self, a: str) -> str:
+        """The shape of one image of tensor ``a`` (1, ...): a constant where shape inference knows it, so
+        what a rule computes from it alone (the flat rule's counts, the zB box's terms) is folded into
+        constants when the session starts, else the runtime shape."""
+        shape = self.ctx.shape(a)
+        if shape is not None and all(isinstance(d, int) for d in shape[1:]):
+            return self.ctx.e.ints((1,) + tuple(int(d) for d in shape[1:]))
+        return self.ctx.e.shape(a)
 
     def _outputs(self, layer: LinearLayer) -> int:
         """How many outputs (channels, units) the layer has: the length of its bias."""
