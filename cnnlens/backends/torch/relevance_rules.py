@@ -16,7 +16,7 @@ has none (after a ReLU), which the rules' values do not depend on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -240,8 +240,3 @@ def rescale_multiplier(s: torch.Tensor, out: torch.Tensor, f: Callable[[torch.Te
         leaf = s.detach().requires_grad_(True)
         (plain,) = torch.autograd.grad(f(leaf), leaf, torch.ones_like(leaf))
     return torch.where(close, plain, ratio)
-
-
-def first_of(tensors: List[Any]) -> Optional[torch.Tensor]:
-    """The first tensor in ``tensors`` (None if there is none)."""
-    return next((t for t in tensors if isinstance(t, torch.Tensor)), None)
