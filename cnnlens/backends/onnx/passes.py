@@ -91,11 +91,8 @@ class Passes:
     def _references(self, rules: DeepLiftRules, tensors: Sequence[str]) -> Dict[str, np.ndarray]:
         """The baseline's values of ``tensors`` (one forward pass per baseline, kept), as fed to the
         DeepLIFT gradient model."""
-        baseline = np.ascontiguousarray(np.broadcast_to(rules.baseline, (1,) + tuple(rules.baseline.shape)),
-                                        dtype=np.float32)
-
         def make() -> Dict[str, np.ndarray]:
-            model_x = self._prepare(baseline)
+            model_x = self._prepare(np.asarray(rules.baseline, dtype=np.float32)[None])
             values = self._run(self._forward_session(frozenset(tensors) - {self.output}), {self.input_name: model_x},
                                list(tensors))
             return {reference_input(t): v for t, v in zip(tensors, values)}

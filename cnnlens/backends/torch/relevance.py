@@ -172,7 +172,6 @@ class RelevanceMode(TorchFunctionMode):
 
     def _elementwise(self, s: _T, f: Callable[[_T], _T], original: Callable[[_T], _T], inplace: bool) -> _T:
         if self.lrp:
-            self.counts["activation"] += 1
             return Elementwise.apply(s, f, original, inplace, None)
         if self.record:
             out = f(s)

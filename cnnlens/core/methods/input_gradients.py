@@ -13,8 +13,9 @@ from ..errors import InvalidInputError
 from ..integration import INTEGRATION_RULES, integration_points
 from ..noise import RunningStats, image_generators, noise_sigma
 from ..occlusion import as_baseline
+from ..relevance import Rules
 from ..targets import ClassSeed, Target, objective
-from ..types import Explanation
+from ..types import Explanation, Pass
 from .common import Backend, LayerSpec, backward_batch, batches, clean_pass, seed
 from .support import require
 from .registry import BASELINE, INPUT, METHODS, SEED, Option, fraction, lookup, one_of, positive_int, register
@@ -22,16 +23,27 @@ from .registry import BASELINE, INPUT, METHODS, SEED, Option, fraction, lookup, 
 Attribution = Tuple[np.ndarray, np.ndarray]  # (maps, outputs at the images)
 
 
-def _gradients(backend: Backend, x: np.ndarray, target: Target, relu: str, batch: int) -> Attribution:
-    """``d(score)/dx`` under ``relu`` and the outputs, one backward pass per batch."""
+def input_gradients(backend: Backend, x: np.ndarray, target: Target, rules: Rules,
+                    batch: int) -> Tuple[np.ndarray, np.ndarray, Pass]:
+    """(the input gradient under ``rules``, the outputs, the first batch's pass: what a backend says
+    beside the arrays), one backward pass per batch."""
     grads: List[np.ndarray] = []
     outputs: List[np.ndarray] = []
+    first: Optional[Pass] = None
     for sl in batches(len(x), batch):
-        p = backend.backward(x[sl], seed(target, sl), rules=relu, input_grad=True)
+        p = backend.backward(x[sl], seed(target, sl), rules=rules, input_grad=True)
         assert p.input_grad is not None  # asked for with input_grad=True
         grads.append(p.input_grad)
         outputs.append(p.logits)
-    return np.concatenate(grads).astype(np.float32), np.concatenate(outputs)
+        first = first or p
+    assert first is not None  # x holds at least one image
+    return np.concatenate(grads).astype(np.float32), np.concatenate(outputs), first
+
+
+def _gradients(backend: Backend, x: np.ndarray, target: Target, relu: str, batch: int) -> Attribution:
+    """``d(score)/dx`` under ``relu`` and the outputs, one backward pass per batch."""
+    grads, outputs, _ = input_gradients(backend, x, target, relu, batch)
+    return grads, outputs
 
 
 def _explanation(name: str, maps: np.ndarray, outputs: np.ndarray, target: Target, **kw: Any) -> Explanation:

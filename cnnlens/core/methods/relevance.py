@@ -4,7 +4,7 @@ set of ``core.relevance`` that the backend applies; METHODS.md defines what they
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -13,9 +13,9 @@ from ..errors import InvalidInputError
 from ..occlusion import as_baseline
 from ..relevance import COMPOSITES, DeepLiftRules, LrpRules, box_of, conservation
 from ..targets import Target, objective
-from ..types import Explanation, Pass
-from .common import Backend, LayerSpec, backward_batch, batches, seed
-from .input_gradients import Attribution
+from ..types import Explanation
+from .common import Backend, LayerSpec, backward_batch
+from .input_gradients import Attribution, input_gradients
 from .registry import BASELINE, INPUT, Option, fraction, one_of, register
 
 Bound = Union[None, float, Sequence[float]]
@@ -65,26 +65,9 @@ def lrp_rules(composite: str, epsilon: float, gamma: float, low: Bound, high: Bo
     return LrpRules(composite, float(epsilon), float(gamma), low_t, high_t)
 
 
-def _relevance(backend: Backend, x: np.ndarray, target: Target, rules: Any,
-               batch: int) -> Tuple[np.ndarray, np.ndarray, Pass]:
-    """(the input gradient under ``rules``, outputs, the first batch's pass: its notes, the
-    baseline's outputs), batch by batch."""
-    grads: List[np.ndarray] = []
-    outputs: List[np.ndarray] = []
-    first: Optional[Pass] = None
-    for sl in batches(len(x), batch):
-        p = backend.backward(x[sl], seed(target, sl), rules=rules, input_grad=True)
-        assert p.input_grad is not None  # asked for with input_grad=True
-        grads.append(p.input_grad)
-        outputs.append(p.logits)
-        first = first or p
-    assert first is not None  # x holds at least one image
-    return np.concatenate(grads).astype(np.float32), np.concatenate(outputs), first
-
-
 def _lrp(backend: Backend, x: np.ndarray, target: Target, batch: int, composite: str = "epsilon_plus_flat",
          epsilon: float = 1e-6, gamma: float = 0.25, low: Bound = None, high: Bound = None) -> Attribution:
-    maps, outputs, _ = _relevance(backend, x, target, lrp_rules(composite, epsilon, gamma, low, high), batch)
+    maps, outputs, _ = input_gradients(backend, x, target, lrp_rules(composite, epsilon, gamma, low, high), batch)
     return maps, outputs
 
 
@@ -100,7 +83,7 @@ def lrp(backend: Backend, x: np.ndarray, target: Target, layer: LayerSpec, *, co
     per image, and ``canonization`` (what the backend merged and which rule each layer got).
     """
     rules = lrp_rules(composite, epsilon, gamma, low, high)
-    maps, outputs, first = _relevance(backend, x, target, rules, backward_batch(backend, batch_size, x))
+    maps, outputs, first = input_gradients(backend, x, target, rules, backward_batch(backend, batch_size, x))
     goal = objective(target, outputs)
     exp = Explanation("lrp", maps, goal.record, outputs)
     exp.extras.update(conservation(maps, goal.score(outputs, np.arange(len(x)))))
@@ -114,7 +97,7 @@ def _deeplift(backend: Backend, x: np.ndarray, target: Target, batch: int,
               baseline: Any = 0.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[str, ...]]:
     """(attributions, outputs, the summation-to-delta error per image, notes)."""
     reference = np.array(np.broadcast_to(as_baseline(baseline, x.shape[1:]), x.shape[1:]), dtype=np.float32)
-    multipliers, outputs, first = _relevance(backend, x, target, DeepLiftRules(reference), batch)
+    multipliers, outputs, first = input_gradients(backend, x, target, DeepLiftRules(reference), batch)
     attributions = ((x - reference) * multipliers).astype(np.float32)
     # the baseline's scores as the rules explain them (a final Softmax skipped, as for the images)
     base = first.baseline_logits

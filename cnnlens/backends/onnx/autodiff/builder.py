@@ -23,7 +23,7 @@ from ....core.backend import RELU_RULE_NAMES
 from ....core.relevance import LrpRules
 from ..graph import Graph, node_name, value_inputs
 from .context import Context, NoRule, Shape
-from .relevance import DEEPLIFT, RelevanceChain, RelevanceRules, reference_input
+from .relevance import DEEPLIFT, RelevanceChain, RelevanceRules, is_relevance_rules, reference_input
 from .emit import Emitter
 from .rules import CHECKS, OP_RULES
 
@@ -52,7 +52,7 @@ class GradientRequest:
 
     @property
     def relevance(self) -> bool:
-        return isinstance(self.rules, LrpRules) or self.rules == DEEPLIFT
+        return is_relevance_rules(self.rules)
 
     def passes(self, input_name: str) -> List[Tuple[RelevanceRules, Tuple[str, ...]]]:
         """(rules, gradient sources) for each backward chain."""
@@ -235,7 +235,7 @@ def rules_chain(emitter: Emitter, graph: Graph, output: str, seed: str, rules: R
     path = _on_path(graph, reached, output)
     consumed = {i for n in path for i in n.input if i}
     needed = (reached & consumed) | {output} | set(sources)
-    relevance = isinstance(rules, LrpRules) or rules == DEEPLIFT
+    relevance = is_relevance_rules(rules)
     ctx = Context(emitter, graph, shapes, dtypes, "plain" if relevance else str(rules), needed, probe)
     chain = RelevanceChain(ctx, rules, path) if relevance else None
     parts: Dict[str, List[str]] = {}

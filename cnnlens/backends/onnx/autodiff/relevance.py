@@ -32,6 +32,11 @@ DEEPLIFT = "deeplift"
 RelevanceRules = Union[LrpRules, str]
 
 
+def is_relevance_rules(rules: RelevanceRules) -> bool:
+    """Whether ``rules`` are LRP's or DeepLIFT's rather than a ReLU rule name."""
+    return isinstance(rules, LrpRules) or rules == DEEPLIFT
+
+
 def reference_input(tensor: str) -> str:
     """The graph input that carries ``tensor``'s value on the baseline (DeepLIFT)."""
     return f"cnnlens_reference/{tensor}"
